@@ -1,0 +1,18 @@
+"""`python -m ldlm.cli.tokenizer`: train the tokenizer and cut every split into blocks."""
+
+from ldlm.cli import common
+
+
+def main(argv=None) -> None:
+    args = common.parser(__doc__).parse_args(argv)
+
+    def run():
+        from ldlm.data.stages import run_tokenizer
+        cfg, run_dir = common.resolve(args)
+        run_tokenizer(cfg, run_dir)
+
+    common.main_guard(run)
+
+
+if __name__ == "__main__":
+    main()

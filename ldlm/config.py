@@ -1,0 +1,297 @@
+"""Typed, frozen configuration: one source of truth, serialised as JSON beside each run.
+
+A `Config` is a tree of frozen dataclasses. Experiments (`experiments/<name>.py`) build one
+with `get_config(preset)`; the command line changes it with `key.path=value` overrides;
+every stage writes the resolved config into its run directory, and `Config.from_dict`
+rebuilds it from there. Unknown keys and values of the wrong type are rejected with a
+message naming the key and the allowed ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import pathlib
+import re
+import typing
+from typing import Any, Iterable
+
+from ldlm.errors import ConfigError
+
+PRESETS = ("tiny", "cpu", "base")
+DATA_SOURCES = ("tfds", "text_folder", "jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where documents come from and how they are cut into blocks."""
+
+    source: str = "tfds"  # one of DATA_SOURCES
+    tfds_name: str = "bbc_news"  # any prepared TFDS text data set; bbc_news is built in
+    tfds_data_dir: str = ""  # "" -> <run_dir>/data/tfds
+    text_field: str = "text"
+    label_field: str = "label"  # "" for an unlabelled data set
+    path: str = ""  # folder of .txt files (source=text_folder) or a .jsonl file (source=jsonl)
+    # Split names as the source calls them.
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str = "test"
+    # For text_folder / jsonl, which have no splits of their own: held-out fractions.
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.05
+    split_seed: int = 0
+    # Blocks: L tokens each, EOS at a document's end, cut at sentence ends where possible.
+    block_len: int = 64
+    # A block is closed at a sentence end only once it is at least this full; below that,
+    # the next sentence is cut to fill it (less padding, fewer sentence-aligned starts).
+    block_min_fill: float = 0.75
+    max_documents: int = 0  # 0 = all; a smaller number makes quick runs
+    # Batching (global batch over all processes and devices).
+    batch_size: int = 32
+    shuffle_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """A sentencepiece model trained once on the training split."""
+
+    vocab_size: int = 8000
+    model_type: str = "unigram"  # unigram | bpe
+    character_coverage: float = 0.9995  # rarer characters fall back to bytes, never to <unk>
+    input_sentence_size: int = 2_000_000  # documents sampled for training at most
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes; -1 fills with the devices left over (at most one axis)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    preset: str = "cpu"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    mesh: MeshConfig = MeshConfig()
+
+    # ------------------------------------------------------------------ construction
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def override(self, assignments: Iterable[str]) -> "Config":
+        """Apply `a.b=value` strings in order; see `apply_overrides`."""
+        return apply_overrides(self, assignments)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return _from_dict(cls, d, prefix="")
+
+    @classmethod
+    def from_json_file(cls, path) -> "Config":
+        path = pathlib.Path(path)
+        if not path.exists():
+            raise ConfigError(f"no config file at {path}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def validate(self) -> "Config":
+        """Checks that span fields; raises ConfigError naming the key. Returns self."""
+        d = self.data
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset={self.preset!r} is not one of {list(PRESETS)}")
+        if d.source not in DATA_SOURCES:
+            raise ConfigError(f"data.source={d.source!r} is not one of {list(DATA_SOURCES)}")
+        if d.source in ("text_folder", "jsonl") and not d.path:
+            raise ConfigError(f"data.source={d.source!r} needs data.path (the corpus location)")
+        if d.block_len < 2:
+            raise ConfigError(
+                f"data.block_len={d.block_len} cannot hold one token plus EOS: use at least 2 "
+                "(64 or 128 are typical)")
+        if not 0.0 <= d.block_min_fill <= 1.0:
+            raise ConfigError(f"data.block_min_fill={d.block_min_fill} must lie in [0, 1]")
+        if d.validation_fraction < 0 or d.test_fraction < 0 or \
+                d.validation_fraction + d.test_fraction >= 1:
+            raise ConfigError("data.validation_fraction and data.test_fraction must be >= 0 "
+                              "and leave something for training")
+        if d.batch_size < 1:
+            raise ConfigError(f"data.batch_size={d.batch_size} must be at least 1")
+        if self.tokenizer.vocab_size < 260:
+            raise ConfigError(f"tokenizer.vocab_size={self.tokenizer.vocab_size} is too small: "
+                              "byte fallback alone needs 256 pieces plus the special tokens")
+        if self.tokenizer.model_type not in ("unigram", "bpe"):
+            raise ConfigError(f"tokenizer.model_type={self.tokenizer.model_type!r} is not one "
+                              "of ['unigram', 'bpe']")
+        sizes = [self.mesh.data, self.mesh.fsdp, self.mesh.tensor]
+        if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ConfigError(f"mesh sizes {sizes} (data, fsdp, tensor): each must be >= 1, "
+                              "and at most one may be -1")
+        return self
+
+
+# ---------------------------------------------------------------------- overrides
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _allowed(cls, prefix: str) -> list[str]:
+    out = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.extend(_allowed(tp, f"{prefix}{name}."))
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def _unknown_key(key: str, cls, prefix: str) -> ConfigError:
+    allowed = _allowed(cls, prefix)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}.{hint} Allowed keys: {', '.join(allowed)}")
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _convert(key: str, raw: Any, tp) -> Any:
+    """Converts a command-line string or a JSON value to the field's type, or raises."""
+    value = _try_convert(raw, tp)
+    if value is None:
+        raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, "
+                          f"got {raw!r}")
+    return value
+
+
+def _try_convert(raw: Any, tp):
+    """The converted value, or None when `raw` does not fit `tp`."""
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        return None
+    if tp is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and re.fullmatch(r"[+-]?[0-9_]+", raw):
+            return int(raw)
+        return None
+    if tp is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        try:
+            return float(raw) if isinstance(raw, str) else None
+        except ValueError:
+            return None
+    if tp is str:
+        return raw if isinstance(raw, str) else None
+    raise TypeError(f"unsupported config field type {tp}")
+
+
+def apply_overrides(cfg: Config, assignments: Iterable[str]) -> Config:
+    """Applies `section.key=value` strings; raises ConfigError on an unknown key or bad type."""
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ConfigError(f"override {assignment!r} is not of the form key=value "
+                              "(e.g. data.block_len=128)")
+        key, raw = assignment.split("=", 1)
+        cfg = _set(cfg, key.strip(), raw.strip(), type(cfg), prefix="", full_key=key.strip())
+    return cfg.validate()
+
+
+def _set(node, key: str, raw: str, cls, prefix: str, full_key: str):
+    head, _, rest = key.partition(".")
+    types_ = _field_types(cls)
+    if head not in types_:
+        raise _unknown_key(full_key, type(node) if prefix else cls, prefix)
+    tp = types_[head]
+    if dataclasses.is_dataclass(tp):
+        if not rest:
+            raise ConfigError(f"config key {full_key!r} is a section; set one of its keys: "
+                              f"{', '.join(_allowed(tp, prefix + head + '.'))}")
+        child = _set(getattr(node, head), rest, raw, tp, prefix + head + ".", full_key)
+        return dataclasses.replace(node, **{head: child})
+    if rest:
+        raise _unknown_key(full_key, cls, prefix)
+    return dataclasses.replace(node, **{head: _convert(full_key, raw, tp)})
+
+
+def _from_dict(cls, d: dict, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'} must be an object")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for k, v in d.items():
+        if k not in types_:
+            raise _unknown_key(prefix + k, cls, prefix)
+        tp = types_[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = _from_dict(tp, v, prefix + k + ".")
+        else:
+            kwargs[k] = _convert(prefix + k, v, tp)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------- experiments
+def preset_config(preset: str) -> Config:
+    """Sizes shared by all experiments: `tiny` (tests, seconds), `cpu` (minutes on 2 cores),
+    `base` (accelerators). Experiments start from one and set their data."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    if preset == "tiny":
+        return Config(preset="tiny",
+                      data=DataConfig(block_len=32, batch_size=8, max_documents=200),
+                      tokenizer=TokenizerConfig(vocab_size=1000))
+    if preset == "cpu":
+        return Config(preset="cpu", data=DataConfig(block_len=64, batch_size=32),
+                      tokenizer=TokenizerConfig(vocab_size=8000))
+    return Config(preset="base", data=DataConfig(block_len=128, batch_size=256),
+                  tokenizer=TokenizerConfig(vocab_size=8000))
+
+
+EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+
+
+def experiment_path(experiment: str) -> pathlib.Path:
+    """`bbc_news` -> experiments/bbc_news.py (in the working directory or the source tree);
+    a path to a .py file is taken as it is."""
+    if experiment.endswith(".py"):
+        candidates = [pathlib.Path(experiment)]
+    else:
+        candidates = [pathlib.Path("experiments") / f"{experiment}.py",
+                      EXPERIMENTS_DIR / f"{experiment}.py"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_"))
+    raise ConfigError(f"no experiment {experiment!r} (looked for {', '.join(map(str, candidates))}); "
+                      f"known experiments: {known}")
+
+
+def load_experiment(experiment: str, preset: str = "cpu",
+                    overrides: Iterable[str] = ()) -> Config:
+    """Loads `get_config(preset)` from an experiment file and applies overrides."""
+    path = experiment_path(experiment)
+    spec = importlib.util.spec_from_file_location(f"ldlm_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"experiment file {path} defines no get_config(preset)")
+    cfg = module.get_config(preset)
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: get_config must return ldlm.config.Config, got {type(cfg)}")
+    return apply_overrides(cfg, overrides)

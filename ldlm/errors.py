@@ -1,0 +1,29 @@
+"""Errors a user can act on.
+
+Every problem caused by input (a config key, a missing stage output, an empty corpus,
+an over-long prompt) is raised as a subclass of `LdlmError` with a message that names
+the problem and, where there is one, the fix. The command-line entry points print these
+messages without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class LdlmError(Exception):
+    """Base class of errors caused by the user's input, reported without a traceback."""
+
+
+class ConfigError(LdlmError):
+    """A bad config key, value or type."""
+
+
+class DataError(LdlmError):
+    """A missing, empty or unreadable data set."""
+
+
+class MissingStageError(LdlmError):
+    """A stage's input is missing; the message names the make target that produces it."""
+
+    def __init__(self, what: str, path, target: str):
+        super().__init__(f"{what} not found at {path}: run `make {target}` first "
+                         f"(with the same EXP, PRESET and RUN).")
+        self.path = path
+        self.target = target

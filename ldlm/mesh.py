@@ -1,0 +1,57 @@
+"""Device mesh from config: axes `data`, `fsdp`, `tensor`.
+
+Batches are split over `data` and `fsdp` together; parameters are sharded over `fsdp` and
+`tensor` by the models' logical axis rules. The mesh uses JAX's automatic sharding mode
+(AxisType.Auto), so code written for one device runs unchanged on a mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from ldlm.config import MeshConfig
+from ldlm.errors import ConfigError
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    """Axis sizes with the -1 (if any) filled so that their product is `num_devices`."""
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(f"mesh sizes {dict(zip(AXES, sizes))} do not divide the "
+                              f"{num_devices} available devices")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ConfigError(f"mesh sizes {dict(zip(AXES, sizes))} need {math.prod(sizes)} "
+                          f"devices, but {num_devices} are available (set one size to -1 "
+                          "to fill)")
+    return tuple(sizes)
+
+
+def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(cfg, len(devices))
+    if devices == list(jax.devices()):
+        # jax.make_mesh orders devices for the physical topology (TPU/GPU interconnect).
+        return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+    return Mesh(np.asarray(devices).reshape(shape), AXES,
+                axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many ways a batch is split."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension over data x fsdp; the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))

@@ -1,0 +1,67 @@
+"""Training metrics: `metrics.jsonl` and TensorBoard events, written by process 0 only,
+and a progress bar for long loops."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Iterable, Mapping
+
+import jax
+from tqdm.auto import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    """Appends one JSON line per `write` and mirrors scalars to TensorBoard.
+
+    Appending keeps the history of a resumed run in one file; each line carries its step.
+    """
+
+    def __init__(self, out_dir, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self.path = pathlib.Path(out_dir) / METRICS_FILE
+        self._tb = None
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a")
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(str(pathlib.Path(out_dir) / "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, float], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        values = {k: float(v) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": int(step), "split": split, **{
+            k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_metrics(out_dir) -> list[dict]:
+    path = pathlib.Path(out_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "",
+             initial: int = 0):
+    """A tqdm bar on process 0, silent elsewhere."""
+    return tqdm(iterable, total=total, desc=desc, initial=initial, dynamic_ncols=True,
+                disable=jax.process_index() != 0, leave=True)
