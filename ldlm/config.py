@@ -167,9 +167,11 @@ def _unknown_key(key: str, cls, prefix: str) -> ConfigError:
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
-def _convert(key: str, raw: Any, tp) -> Any:
-    """Converts a command-line string or a JSON value to the field's type, or raises."""
-    value = _try_convert(raw, tp)
+def _convert(key: str, raw: Any, tp, from_text: bool) -> Any:
+    """Converts a command-line string (`from_text`) or a JSON value to the field's type, or
+    raises. JSON values must already have the right type: "64" is no int there."""
+    value = None if (not from_text and isinstance(raw, str) and tp is not str) \
+        else _try_convert(raw, tp)
     if value is None:
         raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, "
                           f"got {raw!r}")
@@ -227,7 +229,7 @@ def _set(node, key: str, raw: str, cls, prefix: str, full_key: str):
         return dataclasses.replace(node, **{head: child})
     if rest:
         raise _unknown_key(full_key, cls, prefix)
-    return dataclasses.replace(node, **{head: _convert(full_key, raw, tp)})
+    return dataclasses.replace(node, **{head: _convert(full_key, raw, tp, from_text=True)})
 
 
 def _from_dict(cls, d: dict, prefix: str):
@@ -242,7 +244,7 @@ def _from_dict(cls, d: dict, prefix: str):
         if dataclasses.is_dataclass(tp):
             kwargs[k] = _from_dict(tp, v, prefix + k + ".")
         else:
-            kwargs[k] = _convert(prefix + k, v, tp)
+            kwargs[k] = _convert(prefix + k, v, tp, from_text=False)
     return cls(**kwargs)
 
 
@@ -254,7 +256,7 @@ def preset_config(preset: str) -> Config:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     if preset == "tiny":
         return Config(preset="tiny",
-                      data=DataConfig(block_len=32, batch_size=8, max_documents=200),
+                      data=DataConfig(block_len=32, batch_size=8, max_documents=60),
                       tokenizer=TokenizerConfig(vocab_size=1000))
     if preset == "cpu":
         return Config(preset="cpu", data=DataConfig(block_len=64, batch_size=32),

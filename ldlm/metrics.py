@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
+import time
 from typing import Iterable, Mapping
 
 import jax
@@ -29,7 +31,10 @@ class MetricsWriter:
             self._file = self.path.open("a")
             if tensorboard:
                 from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(str(pathlib.Path(out_dir) / "tensorboard"))
+                # A unique suffix: a resumed run started within the same second would
+                # otherwise overwrite the previous events file.
+                self._tb = SummaryWriter(str(pathlib.Path(out_dir) / "tensorboard"),
+                                         filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
     def write(self, step: int, metrics: Mapping[str, float], split: str = "train") -> None:
         if not self.enabled:

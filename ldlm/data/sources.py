@@ -60,8 +60,10 @@ def prepare(cfg: Config, run_dir) -> None:
                     f"{cfg.data.tfds_name} --data_dir ...` on a machine with its source), or "
                     "point data.tfds_data_dir at the folder that holds it")
             import tensorflow_datasets as tfds
+            from absl import logging as absl_logging
             log.info("building TFDS bbc_news in %s", builder.data_dir)
             tfds.disable_progress_bar()
+            absl_logging.set_verbosity(absl_logging.ERROR)
             builder.download_and_prepare()
         available = set(builder.info.splits.keys())
         for role, name in split_names(cfg).items():
@@ -81,10 +83,18 @@ def load_splits(cfg: Config, run_dir) -> dict[str, SplitDocuments]:
         splits, label_names = _read_plain(cfg)
         out = {role: _from_documents(docs, label_names) for role, docs in splits.items()}
     if cfg.data.max_documents:
-        n = cfg.data.max_documents
-        out = {role: SplitDocuments(d.texts[:n], d.labels_N[:n], d.doc_ids[:n], d.label_names)
-               for role, d in out.items()}
+        out = {role: _subsample(d, cfg.data.max_documents) for role, d in out.items()}
     return out
+
+
+def _subsample(docs: SplitDocuments, n: int) -> SplitDocuments:
+    """`n` documents spread evenly over the split (splits are sorted by id, often by
+    label, so the first `n` would be one topic)."""
+    if len(docs) <= n:
+        return docs
+    idx = np.unique(np.linspace(0, len(docs) - 1, n).round().astype(int))
+    return SplitDocuments([docs.texts[i] for i in idx], docs.labels_N[idx],
+                          [docs.doc_ids[i] for i in idx], docs.label_names)
 
 
 def _tfds_builder(cfg: Config, run_dir):

@@ -11,6 +11,7 @@ input masking in later stages).
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Iterable, Sequence
 
@@ -98,13 +99,18 @@ def train_tokenizer(texts: Sequence[str], cfg: TokenizerConfig, out_dir) -> Toke
             shuffle_input_sentence=True,
             pad_id=PAD_ID, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1,
             control_symbols=["<mask>"],
+            hard_vocab_limit=False,  # a small corpus gets a smaller vocabulary (logged)
             num_threads=2,
             minloglevel=2,
         )
     except RuntimeError as e:
-        msg = str(e)
-        if "Vocabulary size" in msg:
-            raise DataError(f"tokenizer.vocab_size={cfg.vocab_size} is too large for this "
-                            f"corpus ({msg.strip()}); lower it") from None
+        if "required_chars" in str(e):
+            raise DataError(f"tokenizer.vocab_size={cfg.vocab_size} is too small for the "
+                            f"characters of this corpus ({str(e).strip()})") from None
         raise
-    return Tokenizer.load(out_dir / MODEL_FILE)
+    tokenizer = Tokenizer.load(out_dir / MODEL_FILE)
+    if tokenizer.vocab_size < cfg.vocab_size:
+        logging.getLogger("ldlm.data").warning(
+            "the corpus supports only %d pieces; tokenizer.vocab_size=%d was lowered",
+            tokenizer.vocab_size, cfg.vocab_size)
+    return tokenizer

@@ -1,0 +1,54 @@
+# ldlm: staged training through make. Every stage takes EXP (experiments/<EXP>.py),
+# PRESET (tiny | cpu | base), RUN (run name: outputs go to runs/$(RUN)/<stage>/) and
+# SET (space-separated config overrides, e.g. SET="data.block_len=128 data.batch_size=64").
+# A stage target always runs its stage; a stage whose input is missing first runs the
+# stage that produces it.
+
+PYTHON ?= .venv/bin/python
+EXP ?= bbc_news
+PRESET ?= cpu
+RUN ?= $(EXP)_$(PRESET)
+SET ?=
+RUN_DIR = runs/$(RUN)
+STAGE_ARGS = --exp $(EXP) --preset $(PRESET) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set $(s))
+
+# The file each stage writes last: its presence means the stage finished.
+DATA_DONE = $(RUN_DIR)/data/stats.json
+TOKENIZER_DONE = $(RUN_DIR)/tokenizer/stats.json
+
+.PHONY: help setup test test-slow demo data tokenizer clean-run
+
+help:
+	@echo "make setup      create .venv and install ldlm with its dev extra"
+	@echo "make test       the CI test suite"
+	@echo "make test-slow  the long tests kept out of CI"
+	@echo "make demo       every stage on the cpu preset (runs/bbc_news_cpu)"
+	@echo "make data       prepare the corpus, print split sizes        [EXP PRESET RUN SET]"
+	@echo "make tokenizer  train sentencepiece, cut blocks of L tokens  [EXP PRESET RUN SET]"
+
+setup:
+	python3.11 -m venv .venv
+	.venv/bin/pip install --upgrade pip
+	.venv/bin/pip install -e '.[dev]'
+
+test:
+	$(PYTHON) -m pytest -q
+
+test-slow:
+	$(PYTHON) -m pytest -q -m slow
+
+demo: PRESET = cpu
+demo: data tokenizer
+
+data:
+	$(PYTHON) -m ldlm.cli.data $(STAGE_ARGS)
+$(DATA_DONE):
+	$(PYTHON) -m ldlm.cli.data $(STAGE_ARGS)
+
+tokenizer: | $(DATA_DONE)
+	$(PYTHON) -m ldlm.cli.tokenizer $(STAGE_ARGS)
+$(TOKENIZER_DONE): | $(DATA_DONE)
+	$(PYTHON) -m ldlm.cli.tokenizer $(STAGE_ARGS)
+
+clean-run:
+	rm -rf $(RUN_DIR)

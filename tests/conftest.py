@@ -1,0 +1,30 @@
+"""Test set-up: 8 fake CPU devices (before jax is imported anywhere) and shared tiny runs."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+from ldlm.config import load_experiment  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return load_experiment("bbc_news", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_cfg):
+    """A run directory with the data and tokenizer stages done on the tiny preset."""
+    from ldlm.data.stages import run_data, run_tokenizer
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    run_data(tiny_cfg, run_dir)
+    stats = run_tokenizer(tiny_cfg, run_dir)
+    return run_dir, stats

@@ -1,0 +1,93 @@
+import dataclasses
+import json
+
+import pytest
+
+from ldlm.config import PRESETS, Config, apply_overrides, load_experiment
+from ldlm.config import EXPERIMENTS_DIR
+from ldlm.errors import ConfigError
+
+
+def test_overrides_convert_to_field_types():
+    cfg = apply_overrides(Config(), ["data.block_len=128", "data.block_min_fill=0.5",
+                                     "tokenizer.model_type=bpe", "mesh.fsdp=2", "seed=7",
+                                     "data.batch_size=1_024"])
+    assert cfg.data.block_len == 128 and isinstance(cfg.data.block_len, int)
+    assert cfg.data.block_min_fill == 0.5
+    assert cfg.tokenizer.model_type == "bpe"
+    assert cfg.mesh.fsdp == 2 and cfg.seed == 7
+    assert cfg.data.batch_size == 1024
+    assert Config().data.block_len == 64  # the original is untouched (frozen)
+
+
+def test_unknown_key_names_key_and_allowed_ones():
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(Config(), ["data.blok_len=3"])
+    msg = str(e.value)
+    assert "'data.blok_len'" in msg and "Did you mean 'data.block_len'" in msg
+    assert "data.batch_size" in msg  # lists the allowed keys
+    with pytest.raises(ConfigError, match="unknown config key 'nosuch'"):
+        apply_overrides(Config(), ["nosuch=1"])
+    with pytest.raises(ConfigError, match="is a section"):
+        apply_overrides(Config(), ["data=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(Config(), ["data.block_len"])
+
+
+@pytest.mark.parametrize("assignment,expects", [
+    ("data.block_len=abc", "expects int"),
+    ("data.block_len=1.5", "expects int"),
+    ("data.block_min_fill=lots", "expects float"),
+])
+def test_wrong_type_is_rejected(assignment, expects):
+    with pytest.raises(ConfigError, match=expects) as e:
+        apply_overrides(Config(), [assignment])
+    assert assignment.split("=")[0] in str(e.value)
+
+
+def test_block_length_that_cannot_hold_a_token_and_eos():
+    with pytest.raises(ConfigError, match="cannot hold one token plus EOS"):
+        apply_overrides(Config(), ["data.block_len=1"])
+    assert apply_overrides(Config(), ["data.block_len=2"]).data.block_len == 2
+
+
+def test_semantic_validation():
+    with pytest.raises(ConfigError, match="data.source"):
+        apply_overrides(Config(), ["data.source=csv"])
+    with pytest.raises(ConfigError, match="needs data.path"):
+        apply_overrides(Config(), ["data.source=jsonl"])
+    with pytest.raises(ConfigError, match="at most one may be -1"):
+        apply_overrides(Config(), ["mesh.fsdp=-1"])
+
+
+def test_json_roundtrip_rebuilds_the_config():
+    cfg = apply_overrides(load_experiment("bbc_news", "cpu"), ["data.block_len=96"])
+    again = Config.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+
+
+def test_json_with_unknown_or_mistyped_key_is_rejected():
+    d = Config().to_dict()
+    d["data"]["nope"] = 1
+    with pytest.raises(ConfigError, match="data.nope"):
+        Config.from_dict(d)
+    d = Config().to_dict()
+    d["data"]["block_len"] = "64"
+    with pytest.raises(ConfigError, match="data.block_len"):
+        Config.from_dict(d)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py")))
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_shipped_experiment_loads_and_validates(experiment, preset):
+    cfg = load_experiment(experiment, preset)
+    assert cfg.preset == preset
+    assert cfg.validate() is cfg
+    assert dataclasses.is_dataclass(cfg)
+
+
+def test_unknown_experiment_and_preset():
+    with pytest.raises(ConfigError, match="known experiments"):
+        load_experiment("no_such_experiment", "cpu")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_experiment("bbc_news", "huge")
