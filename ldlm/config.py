@@ -74,6 +74,51 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """TextVAE shape and objective (see ldlm/models/vae.py, ldlm/train/vae.py)."""
+
+    width: int = 256
+    heads: int = 4
+    mlp_dim: int = 768  # SwiGLU hidden width
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    num_latents: int = 16  # N; compression is data.block_len / N
+    latent_dim: int = 64  # d
+    logvar_init: float = -6.0
+    # Objective
+    kl_weight: float = 1e-3  # on the KL per latent coordinate
+    kl_clamp: float = 0.0  # free bits: per-coordinate KL below this is not penalised
+    kl_warmup_frac: float = 0.2  # KL weight ramps 0 -> kl_weight over this share of steps
+    token_mask_prob: float = 0.1  # encoder input tokens replaced by <mask>
+    # Gaussian noise added to the latents in training, sigma ~ U(0, latent_noise_max) per
+    # block, relative to the latent scale (RMS 1 per vector): the decoder learns to survive
+    # the imperfect latents the diffusion stage will hand it.
+    latent_noise_max: float = 0.8
+    length_weight: float = 0.1  # weight of the real-token / padding classification
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run: optimiser, schedule, precision, checkpoints, logging."""
+
+    steps: int = 1000
+    lr: float = 2e-3
+    warmup_frac: float = 0.05
+    end_lr_frac: float = 0.0  # cosine decays to lr * end_lr_frac
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.98
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # 0 = no EMA weights
+    compute_dtype: str = "float32"  # float32 | bfloat16 (parameters stay float32)
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    eval_every: int = 0  # validation loss every K steps (0 = only at the end)
+    eval_batches: int = 8  # validation batches per evaluation
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = "default"
     preset: str = "cpu"
@@ -81,6 +126,8 @@ class Config:
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     mesh: MeshConfig = MeshConfig()
+    vae: VAEConfig = VAEConfig()
+    vae_train: TrainConfig = TrainConfig()
 
     # ------------------------------------------------------------------ construction
     def replace(self, **changes) -> "Config":
@@ -134,6 +181,26 @@ class Config:
         if self.tokenizer.model_type not in ("unigram", "bpe"):
             raise ConfigError(f"tokenizer.model_type={self.tokenizer.model_type!r} is not one "
                               "of ['unigram', 'bpe']")
+        v = self.vae
+        if v.num_latents < 1 or d.block_len % v.num_latents:
+            raise ConfigError(f"data.block_len={d.block_len} must be a multiple of "
+                              f"vae.num_latents={v.num_latents}")
+        if not 1 <= d.block_len // v.num_latents <= 16:
+            raise ConfigError(f"compression data.block_len / vae.num_latents = "
+                              f"{d.block_len // v.num_latents} must lie in 1..16")
+        if v.width % v.heads or (v.width // v.heads) % 2:
+            raise ConfigError(f"vae.width={v.width} must split into vae.heads={v.heads} "
+                              "heads of even width (RoPE)")
+        for name in ("vae_train",):
+            t = getattr(self, name)
+            if t.compute_dtype not in ("float32", "bfloat16"):
+                raise ConfigError(f"{name}.compute_dtype={t.compute_dtype!r} is not one of "
+                                  "['float32', 'bfloat16']")
+            if t.steps < 1 or t.checkpoint_every < 1 or t.log_every < 1:
+                raise ConfigError(f"{name}.steps, .checkpoint_every and .log_every must be "
+                                  ">= 1")
+            if not 0 <= t.ema_decay < 1:
+                raise ConfigError(f"{name}.ema_decay={t.ema_decay} must lie in [0, 1)")
         sizes = [self.mesh.data, self.mesh.fsdp, self.mesh.tensor]
         if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
             raise ConfigError(f"mesh sizes {sizes} (data, fsdp, tensor): each must be >= 1, "
@@ -255,14 +322,32 @@ def preset_config(preset: str) -> Config:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     if preset == "tiny":
-        return Config(preset="tiny",
-                      data=DataConfig(block_len=32, batch_size=8, max_documents=60),
-                      tokenizer=TokenizerConfig(vocab_size=1000))
+        return Config(
+            preset="tiny",
+            data=DataConfig(block_len=32, batch_size=8, max_documents=60),
+            tokenizer=TokenizerConfig(vocab_size=1000),
+            vae=VAEConfig(width=64, heads=2, mlp_dim=128, encoder_layers=1, decoder_layers=1,
+                          num_latents=8, latent_dim=16),
+            vae_train=TrainConfig(steps=60, lr=3e-3, checkpoint_every=20, log_every=10,
+                                  eval_batches=2))
     if preset == "cpu":
-        return Config(preset="cpu", data=DataConfig(block_len=64, batch_size=32),
-                      tokenizer=TokenizerConfig(vocab_size=8000))
-    return Config(preset="base", data=DataConfig(block_len=128, batch_size=256),
-                  tokenizer=TokenizerConfig(vocab_size=8000))
+        return Config(
+            preset="cpu",
+            data=DataConfig(block_len=64, batch_size=32),
+            tokenizer=TokenizerConfig(vocab_size=8000),
+            vae=VAEConfig(width=256, heads=4, mlp_dim=768, encoder_layers=2, decoder_layers=2,
+                          num_latents=16, latent_dim=64),
+            vae_train=TrainConfig(steps=1000, lr=2e-3, checkpoint_every=200, log_every=20,
+                                  eval_batches=8))
+    return Config(
+        preset="base",
+        data=DataConfig(block_len=128, batch_size=256),
+        tokenizer=TokenizerConfig(vocab_size=8000),
+        vae=VAEConfig(width=768, heads=12, mlp_dim=2048, encoder_layers=6, decoder_layers=6,
+                      num_latents=32, latent_dim=64),
+        vae_train=TrainConfig(steps=50_000, lr=5e-4, warmup_frac=0.02, ema_decay=0.999,
+                              compute_dtype="bfloat16", checkpoint_every=2000, log_every=100,
+                              eval_every=5000, eval_batches=32))
 
 
 EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"

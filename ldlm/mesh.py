@@ -55,3 +55,17 @@ def batch_shards(mesh: Mesh) -> int:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension over data x fsdp; the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES))
+
+
+# Logical axis name -> mesh axis (None: replicated). Parameters carry logical names
+# (ldlm/models/layers.py); these rules decide how they are laid out on the mesh. Weights are
+# split over `fsdp` along the model width and over `tensor` along heads / MLP / vocabulary.
+PARAM_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("latent", None),
+)

@@ -48,7 +48,7 @@ def test_wrong_type_is_rejected(assignment, expects):
 def test_block_length_that_cannot_hold_a_token_and_eos():
     with pytest.raises(ConfigError, match="cannot hold one token plus EOS"):
         apply_overrides(Config(), ["data.block_len=1"])
-    assert apply_overrides(Config(), ["data.block_len=2"]).data.block_len == 2
+    assert apply_overrides(Config(), ["data.block_len=2", "vae.num_latents=1"]).data.block_len == 2
 
 
 def test_semantic_validation():

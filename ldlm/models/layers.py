@@ -1,0 +1,164 @@
+"""Transformer building blocks shared by the VAE, the DiT and the baseline LM.
+
+Pre-norm blocks with RMSNorm, multi-head attention with rotary position embeddings (RoPE)
+and QK-norm, and a SwiGLU MLP. Every parameter carries logical axis names (`embed`, `mlp`,
+`heads`, `kv`, `vocab`, ...) that `ldlm.mesh` maps onto the device mesh, so a model built
+under `jax.set_mesh(mesh)` and `nnx.logical_axis_rules(rules)` is born sharded.
+
+Parameters are stored in float32; `dtype` is the compute dtype (bfloat16 on accelerators).
+Softmax and normalisation statistics are computed in float32.
+
+Shape letters: B batch, T sequence, D model width, H heads, K head width, F MLP width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = jnp.dtype
+
+
+def param(rngs: nnx.Rngs, init, shape, names) -> nnx.Param:
+    """A float32 parameter with logical axis names."""
+    return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, jnp.float32))
+
+
+def normal(stddev: float):
+    return nnx.initializers.normal(stddev)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6, names=("embed",)):
+        self.scale = param(rngs, nnx.initializers.ones_init(), (dim,), names)
+        self.eps = eps
+
+    def __call__(self, x):
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return (x * self.scale[...]).astype(dtype)
+
+
+def rms_normalize(x, eps: float = 1e-6):
+    """RMSNorm without a learned scale (used for QK-norm targets and latent means)."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+            ).astype(x.dtype)
+
+
+class Dense(nnx.Module):
+    """y = x @ W (+ b), W of shape (in, out) with logical names."""
+
+    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, names=("embed", "mlp"),
+                 use_bias: bool = False, init=None, dtype: Dtype = jnp.float32):
+        init = init or nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        self.kernel = param(rngs, init, (d_in, d_out), names)
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (d_out,), names[-1:]) \
+            if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x):
+        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+def rope(x_BxTxHxK, positions_T, base: float = 10_000.0):
+    """Rotary position embedding over the last axis (split in halves)."""
+    k = x_BxTxHxK.shape[-1]
+    half = k // 2
+    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles_TxK2 = positions_T.astype(jnp.float32)[:, None] * freqs[None, :]
+    sin = jnp.sin(angles_TxK2)[None, :, None, :]
+    cos = jnp.cos(angles_TxK2)[None, :, None, :]
+    x = x_BxTxHxK.astype(jnp.float32)
+    x1, x2 = x[..., :half], x[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxTxHxK.dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with RoPE and QK-norm (RMSNorm on queries and keys)."""
+
+    def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
+                 rope_base: float = 10_000.0, out_init=None):
+        assert width % heads == 0, f"width {width} not divisible by heads {heads}"
+        self.heads, self.head_dim, self.dtype, self.rope_base = heads, width // heads, dtype, \
+            rope_base
+        init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                                 in_axis=0, out_axis=(1, 2))
+        shape = (width, heads, self.head_dim)
+        self.wq = param(rngs, init, shape, ("embed", "heads", "kv"))
+        self.wk = param(rngs, init, shape, ("embed", "heads", "kv"))
+        self.wv = param(rngs, init, shape, ("embed", "heads", "kv"))
+        out_init = out_init or nnx.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
+        self.wo = param(rngs, out_init, (heads, self.head_dim, width), ("heads", "kv", "embed"))
+        self.q_norm = RMSNorm(self.head_dim, rngs=rngs, names=("kv",))
+        self.k_norm = RMSNorm(self.head_dim, rngs=rngs, names=("kv",))
+
+    def __call__(self, x_BxTxD, *, positions_T=None, mask_BxTxT=None):
+        dt = self.dtype
+        x = x_BxTxD.astype(dt)
+        q = jnp.einsum("BTD,DHK->BTHK", x, self.wq[...].astype(dt))
+        k = jnp.einsum("BTD,DHK->BTHK", x, self.wk[...].astype(dt))
+        v = jnp.einsum("BTD,DHK->BTHK", x, self.wv[...].astype(dt))
+        q, k = self.q_norm(q), self.k_norm(k)
+        if positions_T is None:
+            positions_T = jnp.arange(x.shape[1])
+        q, k = rope(q, positions_T, self.rope_base), rope(k, positions_T, self.rope_base)
+        logits = jnp.einsum("BTHK,BSHK->BHTS", q, k).astype(jnp.float32) / jnp.sqrt(
+            jnp.float32(self.head_dim))
+        if mask_BxTxT is not None:
+            logits = jnp.where(mask_BxTxT[:, None, :, :], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+        out = jnp.einsum("BHTS,BSHK->BTHK", probs, v)
+        return jnp.einsum("BTHK,HKD->BTD", out, self.wo[...].astype(dt))
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
+                 out_init=None):
+        self.gate = Dense(width, hidden, rngs=rngs, names=("embed", "mlp"), dtype=dtype)
+        self.up = Dense(width, hidden, rngs=rngs, names=("embed", "mlp"), dtype=dtype)
+        self.down = Dense(hidden, width, rngs=rngs, names=("mlp", "embed"), dtype=dtype,
+                          init=out_init)
+
+    def __call__(self, x):
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
+                 dtype: Dtype = jnp.float32):
+        self.attn_norm = RMSNorm(width, rngs=rngs)
+        self.attn = Attention(width, heads, rngs=rngs, dtype=dtype)
+        self.mlp_norm = RMSNorm(width, rngs=rngs)
+        self.mlp = SwiGLU(width, mlp_dim, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x_BxTxD, *, positions_T=None, mask_BxTxT=None):
+        x = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), positions_T=positions_T,
+                                mask_BxTxT=mask_BxTxT).astype(x_BxTxD.dtype)
+        return x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding; `attend` gives output logits with the same (tied) table."""
+
+    def __init__(self, vocab: int, width: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32):
+        self.table = param(rngs, normal(1.0), (vocab, width), ("vocab", "embed"))
+        self.dtype = dtype
+
+    def __call__(self, ids_BxT):
+        return jnp.take(self.table[...], ids_BxT, axis=0).astype(self.dtype)
+
+    def attend(self, x_BxTxD):
+        """Logits in float32, scaled by 1/sqrt(D) so tied weights start with unit logits."""
+        w = self.table[...].astype(self.dtype)
+        logits = jnp.einsum("BTD,VD->BTV", x_BxTxD.astype(self.dtype), w)
+        return logits.astype(jnp.float32) / jnp.sqrt(jnp.float32(x_BxTxD.shape[-1]))

@@ -1,0 +1,80 @@
+"""TextVAE: a block of L tokens <-> N continuous latent vectors of width d.
+
+Encoder: token embedding, bidirectional transformer blocks, then strided pooling: the states
+of each group of L/N consecutive positions are concatenated and projected to the mean and
+log-variance of one latent vector. (Pooling by N learned queries cross-attending to the
+tokens was tried first and collapsed: the output stopped depending on the input.) Each mean
+vector is RMS-normalised (RMS 1 over its d coordinates), which fixes the latent scale without
+batch statistics, so encoding one text gives the same latents as encoding it in a batch.
+
+Decoder (parallel, non-autoregressive): each latent is expanded by a linear layer to the
+states of its L/N positions, bidirectional transformer blocks follow, then tied-embedding
+token logits and a per-position "real token" logit (where the block ends: blocks closed
+early at a sentence end have padding and no EOS).
+
+Shape letters: B batch, L tokens per block, N latents, D latent width, W model width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from flax import nnx
+
+from ldlm.config import VAEConfig
+from ldlm.models import layers
+
+
+class TextVAEModel(nnx.Module):
+    def __init__(self, cfg: VAEConfig, vocab_size: int, block_len: int, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
+        if block_len % cfg.num_latents:
+            raise ValueError(f"block_len {block_len} must be a multiple of vae.num_latents "
+                             f"{cfg.num_latents}")
+        self.cfg, self.block_len, self.dtype = cfg, block_len, dtype
+        self.group = block_len // cfg.num_latents  # tokens per latent (the compression)
+        W, D = cfg.width, cfg.latent_dim
+        self.embed = layers.Embed(vocab_size, W, rngs=rngs, dtype=dtype)
+        self.encoder = nnx.List([layers.Block(W, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
+                                 for _ in range(cfg.encoder_layers)])
+        self.encoder_norm = layers.RMSNorm(W, rngs=rngs)
+        self.to_mean = layers.Dense(self.group * W, D, rngs=rngs, names=("embed", "latent"),
+                                    dtype=dtype)
+        # log-variance starts near exp(-6): the latent path carries signal from step one
+        self.to_logvar = layers.Dense(
+            self.group * W, D, rngs=rngs, names=("embed", "latent"), use_bias=True,
+            init=nnx.initializers.zeros_init(), dtype=dtype)
+        self.to_logvar.bias[...] = jnp.full((D,), cfg.logvar_init, jnp.float32)
+        self.from_latent = layers.Dense(D, self.group * W, rngs=rngs, names=("latent", "embed"),
+                                        use_bias=True, dtype=dtype)
+        self.decoder = nnx.List([layers.Block(W, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
+                                 for _ in range(cfg.decoder_layers)])
+        self.decoder_norm = layers.RMSNorm(W, rngs=rngs)
+        self.real_head = layers.Dense(W, 1, rngs=rngs, names=("embed", None), use_bias=True,
+                                      dtype=dtype)
+
+    def encode(self, tokens_BxL) -> tuple[jax.Array, jax.Array]:
+        """Posterior mean (RMS-normalised) and log-variance, each BxNxD, float32."""
+        h = self.embed(tokens_BxL)
+        for block in self.encoder:
+            h = block(h)
+        h = self.encoder_norm(h)
+        pooled = rearrange(h, "B (N G) W -> B N (G W)", G=self.group)
+        mean = layers.rms_normalize(self.to_mean(pooled).astype(jnp.float32))
+        logvar = self.to_logvar(pooled).astype(jnp.float32)
+        return mean, logvar
+
+    def decode(self, z_BxNxD) -> tuple[jax.Array, jax.Array]:
+        """Token logits BxLxV (float32) and real-token logits BxL."""
+        h = self.from_latent(z_BxNxD)
+        h = rearrange(h, "B N (G W) -> B (N G) W", G=self.group)
+        for block in self.decoder:
+            h = block(h)
+        h = self.decoder_norm(h)
+        real = self.real_head(h)[..., 0].astype(jnp.float32)
+        return self.embed.attend(h), real
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,207 @@
+"""One training loop for every stage (VAE, DiT, baseline LM).
+
+A stage describes itself with a `Task` (how to build its model, its loss, its batches); the
+loop does the rest: model built under the mesh (weights born sharded), a pure jitted train
+step, automatic resume from the newest checkpoint (parameters, optimizer, EMA, step, RNG,
+data position), checkpoints every K steps and at the end, metrics to metrics.jsonl and
+TensorBoard, a progress bar with loss and tokens/s, and a clear stop on a NaN/Inf loss.
+
+Randomness of step t is `fold_in(base_key, t)`, and the data iterator resumes at exactly the
+next batch, so a resumed run computes the same updates as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from ldlm import rundir
+from ldlm.checkpoint import Checkpointer
+from ldlm.config import Config, TrainConfig
+from ldlm.errors import LdlmError
+from ldlm.metrics import MetricsWriter, progress
+from ldlm.mesh import PARAM_RULES
+from ldlm.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
+
+log = logging.getLogger("ldlm.train")
+
+Batch = dict[str, jax.Array]
+# loss_fn(model, batch, rng, step, train) -> (scalar loss, dict of scalar metrics); `train`
+# is a Python bool (augmentations on); metrics may include "tokens", the real-token count.
+LossFn = Callable[[nnx.Module, Batch, jax.Array, jax.Array, bool], tuple[jax.Array, dict]]
+
+
+class TrainingDiverged(LdlmError):
+    """The loss became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class Task:
+    stage: str  # run sub-directory, e.g. "vae"
+    train_cfg: TrainConfig
+    build_model: Callable[[nnx.Rngs], nnx.Module]  # called under the mesh and rules
+    loss_fn: LossFn
+    train_batches: Any  # GlobalBatches: iterator with get_state / set_state
+    eval_batches: Callable[[], Iterator[Batch]] | None = None  # a fresh validation pass
+    rules: tuple = PARAM_RULES
+
+
+@dataclasses.dataclass
+class TrainResult:
+    graphdef: Any
+    state: TrainState
+    mesh: Mesh
+    resumed_from: int | None
+    seconds: float
+
+    def model(self, ema: bool = True) -> nnx.Module:
+        """The trained model (EMA weights when the run kept them and `ema`)."""
+        params = self.state.ema if (ema and self.state.ema is not None) else self.state.params
+        return nnx.merge(self.graphdef, params)
+
+
+def build_model(task: Task, mesh: Mesh, seed: int):
+    """(graphdef, params) with parameters created directly in their sharded layout."""
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(task.rules):
+        model = task.build_model(nnx.Rngs(params=seed))
+    return nnx.split(model)
+
+
+def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
+                    cfg: TrainConfig):
+    schedule = learning_rate_schedule(cfg)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def objective(params):
+            return loss_fn(nnx.merge(graphdef, params), batch, rng, state.step, True)
+
+        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema is not None:
+            d = cfg.ema_decay
+            ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(state.step)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             ema=ema), metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef, loss_fn: LossFn):
+    def eval_step(params, batch: Batch, rng):
+        loss, metrics = loss_fn(nnx.merge(graphdef, params), batch, rng, jnp.int32(0), False)
+        return {**metrics, "loss": loss}
+
+    return jax.jit(eval_step)
+
+
+def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
+    """Trains `task` to `task.train_cfg.steps`, resuming from the newest checkpoint."""
+    t0 = time.time()
+    tcfg = task.train_cfg
+    out = rundir.stage_dir(run_dir, task.stage)
+    graphdef, params = build_model(task, mesh, cfg.seed)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    tx = make_optimizer(tcfg)
+    state = init_state(params, tx, cfg.seed, ema=tcfg.ema_decay > 0)
+    ckpt = Checkpointer(out / "checkpoints", keep=tcfg.keep_checkpoints)
+    resumed_from = ckpt.latest_step()
+    if resumed_from is not None:
+        state, data_state, _ = ckpt.restore(state)
+        task.train_batches.set_state(data_state)
+        log.info("resumed from the checkpoint at step %d", resumed_from)
+    start = int(state.step)
+    log.info("%s: %.2fM parameters, steps %d -> %d, batch %d, mesh %s", task.stage,
+             n_params / 1e6, start, tcfg.steps, cfg.data.batch_size, dict(mesh.shape))
+    train_step = make_train_step(graphdef, task.loss_fn, tx, tcfg)
+    eval_step = make_eval_step(graphdef, task.loss_fn)
+
+    def save(step: int):
+        ckpt.save(step, state, task.train_batches.get_state(),
+                  {"step": step, "config": cfg.to_dict()})
+
+    writer = MetricsWriter(out)
+    window: list[dict] = []
+    pending = None  # (step, device metrics): read after the next step is dispatched
+    bar = progress(total=tcfg.steps, initial=start, desc=task.stage)
+    t_window = time.time()
+
+    def consume(step: int, device_metrics: dict):
+        nonlocal t_window
+        m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        if not math.isfinite(m["loss"]):
+            last = ckpt.latest_step()
+            raise TrainingDiverged(
+                f"{task.stage}: the loss became {m['loss']} at step {step}; stopping. "
+                f"The last good checkpoint is at step {last}. Lower {task.stage}_train.lr "
+                "or check the input data." if last is not None else
+                f"{task.stage}: the loss became {m['loss']} at step {step}; stopping before "
+                f"any checkpoint. Lower {task.stage}_train.lr or check the input data.")
+        window.append(m)
+        if step % tcfg.log_every == 0 or step == tcfg.steps:
+            dt = time.time() - t_window
+            avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            avg["tokens_per_s"] = sum(w.get("tokens", 0.0) for w in window) / max(dt, 1e-9)
+            avg.pop("tokens", None)
+            writer.write(step, avg)
+            bar.set_postfix(loss=f"{avg['loss']:.3f}", tok_s=f"{avg['tokens_per_s']:.0f}")
+            window.clear()
+            t_window = time.time()
+
+    try:
+        for step in range(start + 1, tcfg.steps + 1):
+            batch = next(task.train_batches)
+            state, metrics = train_step(state, batch)
+            if pending is not None:
+                consume(*pending)
+            pending = (step, metrics)
+            bar.update(1)
+            if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
+                consume(*pending)
+                pending = None
+                save(step)
+            if tcfg.eval_every and step % tcfg.eval_every == 0 and task.eval_batches:
+                writer.write(step, evaluate(eval_step, state, task, cfg.seed), "validation")
+        if pending is not None:
+            consume(*pending)
+        if task.eval_batches:
+            final = evaluate(eval_step, state, task, cfg.seed)
+            writer.write(int(state.step), final, "validation")
+            log.info("%s validation: %s", task.stage,
+                     ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+    return TrainResult(graphdef, state, mesh, resumed_from, time.time() - t0)
+
+
+def evaluate(eval_step, state: TrainState, task: Task, seed: int) -> dict[str, float]:
+    """Mean of the loss metrics over `eval_batches` validation batches (EMA weights if kept),
+    weighted by real tokens."""
+    params = state.ema if state.ema is not None else state.params
+    totals: dict[str, float] = {}
+    weight = 0.0
+    rng = jax.random.PRNGKey(seed + 1)
+    for i, batch in zip(range(task.train_cfg.eval_batches), task.eval_batches()):
+        m = jax.device_get(eval_step(params, batch, jax.random.fold_in(rng, i)))
+        w = float(m.get("tokens", 1.0))
+        for k, v in m.items():
+            if k != "tokens":
+                totals[k] = totals.get(k, 0.0) + float(v) * w
+        weight += w
+    return {k: v / max(weight, 1e-9) for k, v in totals.items()}
