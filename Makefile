@@ -15,8 +15,9 @@ STAGE_ARGS = --exp $(EXP) --preset $(PRESET) --run-dir $(RUN_DIR) $(foreach s,$(
 # The file each stage writes last: its presence means the stage finished.
 DATA_DONE = $(RUN_DIR)/data/stats.json
 TOKENIZER_DONE = $(RUN_DIR)/tokenizer/stats.json
+VAE_DONE = $(RUN_DIR)/vae/eval.json
 
-.PHONY: help setup test test-slow demo data tokenizer clean-run
+.PHONY: help setup test test-slow demo data tokenizer vae clean-run
 
 help:
 	@echo "make setup      create .venv and install ldlm with its dev extra"
@@ -25,6 +26,7 @@ help:
 	@echo "make demo       every stage on the cpu preset (runs/bbc_news_cpu)"
 	@echo "make data       prepare the corpus, print split sizes        [EXP PRESET RUN SET]"
 	@echo "make tokenizer  train sentencepiece, cut blocks of L tokens  [EXP PRESET RUN SET]"
+	@echo "make vae        train + evaluate the TextVAE (resumes)       [EXP PRESET RUN SET]"
 
 setup:
 	python3.11 -m venv .venv
@@ -38,7 +40,7 @@ test-slow:
 	$(PYTHON) -m pytest -q -m slow
 
 demo: PRESET = cpu
-demo: data tokenizer
+demo: data tokenizer vae
 
 data:
 	$(PYTHON) -m ldlm.cli.data $(STAGE_ARGS)
@@ -49,6 +51,11 @@ tokenizer: | $(DATA_DONE)
 	$(PYTHON) -m ldlm.cli.tokenizer $(STAGE_ARGS)
 $(TOKENIZER_DONE): | $(DATA_DONE)
 	$(PYTHON) -m ldlm.cli.tokenizer $(STAGE_ARGS)
+
+vae: | $(TOKENIZER_DONE)
+	$(PYTHON) -m ldlm.cli.vae $(STAGE_ARGS)
+$(VAE_DONE): | $(TOKENIZER_DONE)
+	$(PYTHON) -m ldlm.cli.vae $(STAGE_ARGS)
 
 clean-run:
 	rm -rf $(RUN_DIR)

@@ -337,7 +337,7 @@ def preset_config(preset: str) -> Config:
             tokenizer=TokenizerConfig(vocab_size=8000),
             vae=VAEConfig(width=256, heads=4, mlp_dim=768, encoder_layers=2, decoder_layers=2,
                           num_latents=16, latent_dim=64),
-            vae_train=TrainConfig(steps=1000, lr=2e-3, checkpoint_every=200, log_every=20,
+            vae_train=TrainConfig(steps=800, lr=2e-3, checkpoint_every=200, log_every=20,
                                   eval_batches=8))
     return Config(
         preset="base",

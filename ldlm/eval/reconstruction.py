@@ -82,7 +82,7 @@ def reconstruction_table(codec: Codec, batches, std_D, sigmas=SIGMAS, seed: int 
     counts = {s: np.zeros(4) for s in sigmas}  # correct tokens, tokens, exact blocks, blocks
     examples = []
     key = jax.random.PRNGKey(seed)
-    std = jnp.asarray(std_D)
+    std = jnp.asarray(std_D)[None, None, :]
     for i, batch in enumerate(batches):
         tokens, mask = np.asarray(batch["tokens"]), np.asarray(batch["mask"])
         rows = mask.any(-1)

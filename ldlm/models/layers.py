@@ -20,6 +20,11 @@ from flax import nnx
 Dtype = jnp.dtype
 
 
+def lead(v, ndim: int):
+    """`v` with leading unit axes up to rank `ndim` (explicit broadcasting)."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
 def param(rngs: nnx.Rngs, init, shape, names) -> nnx.Param:
     """A float32 parameter with logical axis names."""
     return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, jnp.float32))
@@ -38,7 +43,7 @@ class RMSNorm(nnx.Module):
         dtype = x.dtype
         x = x.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        return (x * self.scale[...]).astype(dtype)
+        return (x * lead(self.scale[...], x.ndim)).astype(dtype)
 
 
 def rms_normalize(x, eps: float = 1e-6):
@@ -62,7 +67,7 @@ class Dense(nnx.Module):
     def __call__(self, x):
         y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
+            y = y + lead(self.bias[...].astype(self.dtype), y.ndim)
         return y
 
 

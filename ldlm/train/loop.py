@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ldlm import rundir
 from ldlm.checkpoint import Checkpointer
@@ -76,6 +76,20 @@ def build_model(task: Task, mesh: Mesh, seed: int):
     return nnx.split(model)
 
 
+def replicate_unsharded(tree, mesh: Mesh):
+    """Leaves not yet laid out on `mesh` (step, RNG, optimizer counters) are replicated over
+    it, so that restored checkpoints and fresh states have the same shardings."""
+    replicated = NamedSharding(mesh, P())
+
+    def place(x):
+        s = getattr(x, "sharding", None)
+        if isinstance(s, NamedSharding) and s.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(place, tree)
+
+
 def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
                     cfg: TrainConfig):
     schedule = learning_rate_schedule(cfg)
@@ -117,7 +131,8 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
     graphdef, params = build_model(task, mesh, cfg.seed)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     tx = make_optimizer(tcfg)
-    state = init_state(params, tx, cfg.seed, ema=tcfg.ema_decay > 0)
+    state = replicate_unsharded(init_state(params, tx, cfg.seed, ema=tcfg.ema_decay > 0),
+                                mesh)
     ckpt = Checkpointer(out / "checkpoints", keep=tcfg.keep_checkpoints)
     resumed_from = ckpt.latest_step()
     if resumed_from is not None:

@@ -1,0 +1,226 @@
+"""TextVAE: model, loss, training loop, checkpoints, Python API."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ldlm.config import MeshConfig
+from ldlm.data import pipeline
+from ldlm.data.tokenizer import PAD_ID, Tokenizer
+from ldlm.errors import LdlmError, MissingStageError
+from ldlm.eval.reconstruction import Codec
+from ldlm.mesh import PARAM_RULES, make_mesh
+from ldlm.models.vae import TextVAEModel
+from ldlm.textvae import TextTooLong, TextVAE
+from ldlm.train import loop
+from ldlm.train.vae import train_vae, vae_loss
+
+
+def _link_data(src_run, dst_run):
+    """A new run directory sharing the data and tokenizer stages of `src_run`."""
+    dst_run.mkdir(parents=True, exist_ok=True)
+    for stage in ("data", "tokenizer"):
+        (dst_run / stage).symlink_to(src_run / stage)
+    return dst_run
+
+
+def _model(cfg, vocab, seed=0):
+    mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
+        return TextVAEModel(cfg.vae, vocab, cfg.data.block_len, rngs=nnx.Rngs(params=seed))
+
+
+def _first_batch(cfg, run_dir, n):
+    src = pipeline.block_source(run_dir, "train")
+    ds = pipeline.make_dataset(src, batch_size=n, train=False, process_index=0,
+                               process_count=1)
+    return {k: jnp.asarray(v) for k, v in next(iter(ds)).items()}
+
+
+def test_tiny_vae_overfits_a_handful_of_blocks(tiny_run, tiny_cfg):
+    run_dir, stats = tiny_run
+    cfg = tiny_cfg.override(["vae.latent_noise_max=0.2"])
+    model = _model(cfg, stats["vocab_size"])
+    batch = _first_batch(cfg, run_dir, 8)
+    graphdef, params = nnx.split(model)
+    tx = optax.adam(3e-3)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, i):
+        def f(p):
+            return vae_loss(nnx.merge(graphdef, p), batch, jax.random.PRNGKey(i), i, True,
+                            cfg=cfg.vae, total_steps=300)
+        (loss, m), g = jax.value_and_grad(f, has_aux=True)(params)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), opt, m
+
+    t0 = time.time()
+    for i in range(400):
+        params, opt, m = step(params, opt, i)
+    codec = Codec(nnx.merge(graphdef, params))
+    pred, real = map(np.asarray, codec.decode(codec.encode(batch["tokens"])))
+    mask = np.asarray(batch["mask"])
+    assert (pred[mask] == np.asarray(batch["tokens"])[mask]).all()  # 100% of real tokens
+    assert (real == mask).all()  # and every block's end
+    assert time.time() - t0 < 60
+
+
+def test_padding_never_enters_the_loss(tiny_run, tiny_cfg):
+    run_dir, stats = tiny_run
+    model = _model(tiny_cfg, stats["vocab_size"])
+    batch = _first_batch(tiny_cfg, run_dir, 8)
+    mask = np.asarray(batch["mask"]).copy()
+    mask[:, 20:] = False  # make sure there is padding
+    batch = {**batch, "mask": jnp.asarray(mask)}
+    rng = jax.random.PRNGKey(0)
+    loss = lambda b, train: vae_loss(model, b, rng, 5, train, cfg=tiny_cfg.vae, total_steps=60)
+    # garbage token ids in padding positions change nothing
+    garbage = np.where(mask, np.asarray(batch["tokens"]),
+                       np.random.default_rng(0).integers(4, 900, mask.shape))
+    noisy = {**batch, "tokens": jnp.asarray(garbage, jnp.int32)}
+    for train in (True, False):
+        (l1, m1), (l2, m2) = loss(batch, train), loss(noisy, train)
+        assert float(l1) == float(l2)
+        assert all(float(m1[k]) == float(m2[k]) for k in m1)
+        assert float(m1["tokens"]) == mask.sum()
+    # an all-padding row (the end of an evaluation pass) changes no token metric
+    extra = {k: jnp.concatenate([v, v[:1]]) for k, v in batch.items()}
+    extra["mask"] = extra["mask"].at[-1].set(False)
+    extra["tokens"] = extra["tokens"].at[-1].set(PAD_ID)
+    (_, m1), (_, m2) = loss(batch, False), loss(extra, False)
+    for k in ("recon", "accuracy", "length_bce", "kl", "tokens"):
+        np.testing.assert_allclose(float(m1[k]), float(m2[k]), rtol=1e-6)
+
+
+def test_logical_axes_map_onto_the_mesh(tiny_cfg):
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
+        model = TextVAEModel(tiny_cfg.vae, 1000, 32, rngs=nnx.Rngs(params=0))
+    specs = {"/".join(map(str, path)): tuple(v[...].sharding.spec)
+             for path, v in nnx.state(model).flat_state()}
+    assert specs["embed/table"] == ("tensor", "fsdp")
+    assert specs["encoder/0/attn/wq"] == ("fsdp", "tensor", None)
+    assert specs["encoder/0/attn/wo"] == ("tensor", None, "fsdp")
+    assert specs["encoder/0/mlp/down/kernel"] == ("tensor", "fsdp")
+    assert specs["to_mean/kernel"] == ("fsdp", None)
+    assert specs["encoder_norm/scale"] == ("fsdp",)
+    # and every parameter really is laid out over the 8 devices
+    for _, v in nnx.state(model).flat_state():
+        assert len(v[...].sharding.device_set) == 8
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tiny_run, tiny_cfg, tmp_path_factory):
+    """A tiny VAE trained for a few steps with checkpoints, sharing the tiny data run."""
+    src, _ = tiny_run
+    run_dir = _link_data(src, tmp_path_factory.mktemp("vae_run"))
+    cfg = tiny_cfg.override(["vae_train.steps=6", "vae_train.checkpoint_every=3"])
+    result = train_vae(cfg, run_dir)
+    return cfg, run_dir, result
+
+
+TEXTS = ["Shares in the bank rose sharply on Monday.", "The film won three awards.",
+         "Ministers will meet"]
+
+
+def test_checkpoint_in_a_fresh_process_gives_bit_identical_encodings(trained_tiny, tmp_path):
+    cfg, run_dir, result = trained_tiny
+    tok = Tokenizer.load(run_dir / "tokenizer")
+    device0 = jax.local_devices()[0]
+    model = nnx.merge(result.graphdef, jax.device_put(result.state.params, device0))
+    here = TextVAE(cfg, model, tok).encode(TEXTS)
+    out = tmp_path / "z.npy"
+    code = ("import sys, numpy as np; from ldlm import TextVAE; "
+            f"np.save(sys.argv[2], TextVAE.from_run(sys.argv[1]).encode({TEXTS!r}))")
+    subprocess.run([sys.executable, "-c", code, str(run_dir), str(out)], check=True,
+                   timeout=180)
+    there = np.load(out)
+    assert here.shape == (3, cfg.vae.num_latents, cfg.vae.latent_dim)
+    assert here.dtype == there.dtype and np.array_equal(here, there)
+
+
+def test_python_api(trained_tiny):
+    cfg, run_dir, _ = trained_tiny
+    vae = TextVAE.from_run(run_dir)
+    z = vae.encode(TEXTS)
+    assert z.shape == (3, 8, 16) and np.isfinite(z).all()
+    # latent means are RMS-normalised per vector
+    np.testing.assert_allclose(np.sqrt((z ** 2).mean(-1)), 1.0, rtol=1e-3)
+    texts = vae.decode(z)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    long = " ".join(["A much longer sentence about markets and football."] * 10)
+    with pytest.raises(TextTooLong, match=r"text 1 has \d+ tokens with EOS, but a block holds 32"):
+        vae.encode(["short", long])
+    parts = vae.encode([long, "short"], split=True)
+    assert len(parts) == 2 and parts[0].shape[0] > 1 and parts[1].shape[0] == 1
+    with pytest.raises(LdlmError, match="latents must have shape"):
+        vae.decode(np.zeros((2, 4, 16)))
+
+
+def test_from_run_without_vae_names_make_vae(tiny_run):
+    run_dir, _ = tiny_run
+    with pytest.raises(MissingStageError, match="make vae"):
+        TextVAE.from_run(run_dir)
+
+
+def test_nan_loss_stops_with_the_step(trained_tiny, tmp_path):
+    cfg, src, _ = trained_tiny
+    run_dir = _link_data(src, tmp_path / "nan")
+    cfg = cfg.override(["vae_train.steps=10", "vae_train.checkpoint_every=2"])
+    mesh = make_mesh(cfg.mesh)
+    from ldlm.train.vae import vae_task
+    task = vae_task(cfg, run_dir, mesh)
+    real_loss = task.loss_fn
+
+    def poisoned(model, batch, rng, step, train):
+        loss, m = real_loss(model, batch, rng, step, train)
+        return jnp.where(step >= 4, jnp.nan, loss), m
+
+    task.loss_fn = poisoned
+    with pytest.raises(loop.TrainingDiverged, match="at step 5.*checkpoint is at step 4"):
+        loop.train(cfg, run_dir, task, mesh)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tiny_run, tiny_cfg, tmp_path):
+    src, _ = tiny_run
+    sets = ["vae_train.steps=120", "vae_train.checkpoint_every=10", "vae_train.log_every=10"]
+    cfg = tiny_cfg.override(sets)
+    # uninterrupted, in this process
+    straight = train_vae(cfg, _link_data(src, tmp_path / "straight"))
+    # killed with SIGKILL once a checkpoint exists, then resumed
+    killed = _link_data(src, tmp_path / "killed")
+    cmd = [sys.executable, "-m", "ldlm.cli.vae", "--preset", "tiny", "--run-dir", str(killed)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = killed / "vae" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = [p for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+        if done:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    resumed = train_vae(cfg, killed)
+    assert resumed.resumed_from is not None and 0 < resumed.resumed_from < 120
+    assert int(resumed.state.step) == int(straight.state.step) == 120
+    for a, b in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(resumed.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(straight.state.opt_state),
+                    jax.tree.leaves(resumed.state.opt_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rows = [json.loads(l) for l in (killed / "vae" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 120
