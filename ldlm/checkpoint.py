@@ -27,8 +27,11 @@ def abstract_like(tree):
 
 
 class Checkpointer:
-    def __init__(self, directory, keep: int = 2):
+    """`stage` names the make target that writes these checkpoints (for error messages)."""
+
+    def __init__(self, directory, keep: int = 2, stage: str = "vae"):
         self.directory = pathlib.Path(directory).absolute()
+        self.stage = stage
         self._mgr = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
@@ -45,12 +48,18 @@ class Checkpointer:
         """(state, data iterator state, meta) of `step` (default: the latest)."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise MissingStageError("checkpoint", self.directory, "vae")
+            raise MissingStageError("checkpoint", self.directory, self.stage)
         out = self._mgr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_like(state_like)),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
         return out["state"], out["data"], out["meta"]
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """The JSON record of a checkpoint, without loading its arrays."""
+        step = self.latest_step() if step is None else step
+        return self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"]
 
     def wait(self) -> None:
         self._mgr.wait_until_finished()

@@ -335,8 +335,10 @@ def preset_config(preset: str) -> Config:
             preset="cpu",
             data=DataConfig(block_len=64, batch_size=32),
             tokenizer=TokenizerConfig(vocab_size=8000),
+            # token masking off: in 800 steps every step goes to reconstruction; the latent
+            # noise alone gave 95% token accuracy at sigma 0.5
             vae=VAEConfig(width=256, heads=4, mlp_dim=768, encoder_layers=2, decoder_layers=2,
-                          num_latents=16, latent_dim=64),
+                          num_latents=16, latent_dim=64, token_mask_prob=0.0),
             vae_train=TrainConfig(steps=800, lr=2e-3, checkpoint_every=200, log_every=20,
                                   eval_batches=8))
     return Config(

@@ -108,7 +108,7 @@ def test_logical_axes_map_onto_the_mesh(tiny_cfg):
     with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
         model = TextVAEModel(tiny_cfg.vae, 1000, 32, rngs=nnx.Rngs(params=0))
     specs = {"/".join(map(str, path)): tuple(v[...].sharding.spec)
-             for path, v in nnx.state(model).flat_state()}
+             for path, v in nnx.to_flat_state(nnx.state(model))}
     assert specs["embed/table"] == ("tensor", "fsdp")
     assert specs["encoder/0/attn/wq"] == ("fsdp", "tensor", None)
     assert specs["encoder/0/attn/wo"] == ("tensor", None, "fsdp")
@@ -116,7 +116,7 @@ def test_logical_axes_map_onto_the_mesh(tiny_cfg):
     assert specs["to_mean/kernel"] == ("fsdp", None)
     assert specs["encoder_norm/scale"] == ("fsdp",)
     # and every parameter really is laid out over the 8 devices
-    for _, v in nnx.state(model).flat_state():
+    for _, v in nnx.to_flat_state(nnx.state(model)):
         assert len(v[...].sharding.device_set) == 8
 
 
@@ -224,3 +224,28 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_run, tiny_cfg, tmp_path)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     rows = [json.loads(l) for l in (killed / "vae" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 120
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tiny_run, tiny_cfg):
+    run_dir, stats = tiny_run
+    batch = _first_batch(tiny_cfg, run_dir, 8)
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = tiny_cfg.override([f"vae_train.compute_dtype={dtype}"])
+        from ldlm.train.vae import build_vae
+        mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+        with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
+            model = build_vae(cfg, stats["vocab_size"])(nnx.Rngs(params=0))
+        assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model)))
+        loss, m = vae_loss(model, batch, jax.random.PRNGKey(0), 0, False, cfg=cfg.vae,
+                           total_steps=10)
+        assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
+        losses[dtype] = float(loss)
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.02)
+
+
+def test_resuming_with_another_architecture_is_a_clear_error(trained_tiny):
+    cfg, run_dir, _ = trained_tiny
+    from ldlm.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"vae.latent_dim: 16 there, 8 now.*another RUN"):
+        train_vae(cfg.override(["vae.latent_dim=8"]), run_dir)

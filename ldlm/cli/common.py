@@ -37,3 +37,15 @@ def main_guard(fn: Callable[[], object]) -> None:
     except LdlmError as e:
         print(f"ldlm: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def stage_main(description: str, load_stage: Callable[[], Callable], argv=None) -> None:
+    """Entry point of a stage: parse the common flags, resolve the config, run
+    `load_stage()(cfg, run_dir)` (imported lazily so `--help` stays fast)."""
+    args = parser(description).parse_args(argv)
+
+    def run():
+        cfg, run_dir = resolve(args)
+        load_stage()(cfg, run_dir)
+
+    main_guard(run)

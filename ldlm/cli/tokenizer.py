@@ -3,15 +3,13 @@
 from ldlm.cli import common
 
 
+def _stage():
+    from ldlm.data.stages import run_tokenizer
+    return run_tokenizer
+
+
 def main(argv=None) -> None:
-    args = common.parser(__doc__).parse_args(argv)
-
-    def run():
-        from ldlm.data.stages import run_tokenizer
-        cfg, run_dir = common.resolve(args)
-        run_tokenizer(cfg, run_dir)
-
-    common.main_guard(run)
+    common.stage_main(__doc__, _stage, argv)
 
 
 if __name__ == "__main__":

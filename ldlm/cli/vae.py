@@ -3,15 +3,13 @@
 from ldlm.cli import common
 
 
+def _stage():
+    from ldlm.train.vae import run_vae
+    return run_vae
+
+
 def main(argv=None) -> None:
-    args = common.parser(__doc__).parse_args(argv)
-
-    def run():
-        from ldlm.train.vae import run_vae
-        cfg, run_dir = common.resolve(args)
-        run_vae(cfg, run_dir)
-
-    common.main_guard(run)
+    common.stage_main(__doc__, _stage, argv)
 
 
 if __name__ == "__main__":

@@ -60,10 +60,8 @@ def prepare(cfg: Config, run_dir) -> None:
                     f"{cfg.data.tfds_name} --data_dir ...` on a machine with its source), or "
                     "point data.tfds_data_dir at the folder that holds it")
             import tensorflow_datasets as tfds
-            from absl import logging as absl_logging
             log.info("building TFDS bbc_news in %s", builder.data_dir)
             tfds.disable_progress_bar()
-            absl_logging.set_verbosity(absl_logging.ERROR)
             builder.download_and_prepare()
         available = set(builder.info.splits.keys())
         for role, name in split_names(cfg).items():
@@ -99,7 +97,10 @@ def _subsample(docs: SplitDocuments, n: int) -> SplitDocuments:
 
 def _tfds_builder(cfg: Config, run_dir):
     import tensorflow_datasets as tfds
+    from absl import logging as absl_logging
 
+    # tfds warns through absl about every data set not built yet; our own log says it.
+    absl_logging.set_verbosity(absl_logging.ERROR)
     import ldlm.data.bbc_news  # noqa: F401  (registers the built-in builder)
 
     try:

@@ -78,7 +78,8 @@ def load_latent_stats(run_dir) -> tuple[np.ndarray, np.ndarray]:
 def reconstruction_table(codec: Codec, batches, std_D, sigmas=SIGMAS, seed: int = 0,
                          keep_examples: int = 0):
     """{sigma: {token_accuracy, exact_match, blocks}} over all real rows of `batches`,
-    plus up to `keep_examples` (tokens, mask, {sigma: (pred, real)}) for display."""
+    plus the first blocks of up to `keep_examples` documents as
+    (tokens, mask, {sigma: (pred, real)}) for display."""
     counts = {s: np.zeros(4) for s in sigmas}  # correct tokens, tokens, exact blocks, blocks
     examples = []
     key = jax.random.PRNGKey(seed)
@@ -95,10 +96,11 @@ def reconstruction_table(codec: Codec, batches, std_D, sigmas=SIGMAS, seed: int 
             right = (pred == tokens) & mask
             exact = (right.sum(-1) == mask.sum(-1)) & (real == mask).all(-1)
             counts[s] += (right[rows].sum(), mask[rows].sum(), exact[rows].sum(), rows.sum())
-        for r in np.flatnonzero(rows):
-            if len(examples) < keep_examples:
-                examples.append((tokens[r], mask[r], {s: (p[r], m[r]) for s, (p, m) in
-                                                      preds.items()}))
+        # examples: the first block of each document, so that they are different texts
+        starts = rows & (np.asarray(batch["block_index"]) == 0)
+        for r in np.flatnonzero(starts)[:max(0, keep_examples - len(examples))]:
+            examples.append((tokens[r], mask[r], {s: (p[r], m[r]) for s, (p, m) in
+                                                  preds.items()}))
     table = {str(s): {"token_accuracy": c[0] / max(c[1], 1), "exact_match": c[2] / max(c[3], 1),
                       "blocks": int(c[3])} for s, c in counts.items()}
     return table, examples
@@ -117,7 +119,7 @@ def evaluate_vae(cfg: Config, run_dir, model, mesh, tokenizer, stats_batches: in
     mean_D, std_D = latent_stats(codec, train_pass, stats_batches)
     save_latent_stats(run_dir, mean_D, std_D)
     table, examples = reconstruction_table(
-        codec, pipeline.eval_batches(cfg, run_dir, mesh), std_D, keep_examples=num_examples + 2,
+        codec, pipeline.eval_batches(cfg, run_dir, mesh), std_D, keep_examples=num_examples + 1,
         seed=cfg.seed)
     shown = []
     for tokens, mask, preds in examples[:num_examples]:
@@ -136,7 +138,7 @@ def evaluate_vae(cfg: Config, run_dir, model, mesh, tokenizer, stats_batches: in
 
 
 def interpolation_examples(codec: Codec, tokenizer, examples, first: int) -> list:
-    """Decoded points on the line between two validation blocks' latents."""
+    """Decoded points on the line between the latents of two documents' first blocks."""
     if len(examples) < 2:
         return []
     (a, am, _), (b, bm, _) = examples[0], examples[-1]

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ldlm import rundir
 from ldlm.checkpoint import Checkpointer
 from ldlm.config import Config, TrainConfig
-from ldlm.errors import LdlmError
+from ldlm.errors import ConfigError, LdlmError
 from ldlm.metrics import MetricsWriter, progress
 from ldlm.mesh import PARAM_RULES
 from ldlm.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
@@ -53,6 +53,9 @@ class Task:
     train_batches: Any  # GlobalBatches: iterator with get_state / set_state
     eval_batches: Callable[[], Iterator[Batch]] | None = None  # a fresh validation pass
     rules: tuple = PARAM_RULES
+    # Config values a checkpoint must have been trained with to be resumed (model shape,
+    # vocabulary, block length): a mismatch is reported instead of failing inside Orbax.
+    frozen: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -107,7 +110,7 @@ def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
         if ema is not None:
             d = cfg.ema_decay
             ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                              ema=ema), metrics
@@ -133,9 +136,10 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
     tx = make_optimizer(tcfg)
     state = replicate_unsharded(init_state(params, tx, cfg.seed, ema=tcfg.ema_decay > 0),
                                 mesh)
-    ckpt = Checkpointer(out / "checkpoints", keep=tcfg.keep_checkpoints)
+    ckpt = Checkpointer(out / "checkpoints", keep=tcfg.keep_checkpoints, stage=task.stage)
     resumed_from = ckpt.latest_step()
     if resumed_from is not None:
+        check_resumable(ckpt.read_meta(resumed_from), task, ckpt.directory)
         state, data_state, _ = ckpt.restore(state)
         task.train_batches.set_state(data_state)
         log.info("resumed from the checkpoint at step %d", resumed_from)
@@ -147,7 +151,7 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
 
     def save(step: int):
         ckpt.save(step, state, task.train_batches.get_state(),
-                  {"step": step, "config": cfg.to_dict()})
+                  {"step": step, "config": cfg.to_dict(), "frozen": task.frozen})
 
     writer = MetricsWriter(out)
     window: list[dict] = []
@@ -203,6 +207,17 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
         writer.close()
         ckpt.close()
     return TrainResult(graphdef, state, mesh, resumed_from, time.time() - t0)
+
+
+def check_resumable(meta: dict, task: Task, where) -> None:
+    saved = meta.get("frozen", {})
+    diff = sorted(k for k in set(saved) | set(task.frozen) if saved.get(k) != task.frozen.get(k))
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} there, {task.frozen.get(k)!r} now"
+                            for k in diff)
+        raise ConfigError(f"the checkpoints in {where} were trained with another "
+                          f"configuration ({details}); use another RUN, or delete them to "
+                          "start over")
 
 
 def evaluate(eval_step, state: TrainState, task: Task, seed: int) -> dict[str, float]:

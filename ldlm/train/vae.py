@@ -31,6 +31,9 @@ from ldlm.train.loop import Task, TrainResult, train
 
 log = logging.getLogger("ldlm.vae")
 STAGE = "vae"
+# What a checkpoint's parameters depend on; the objective's weights may change on resume.
+ARCHITECTURE = ("width", "heads", "mlp_dim", "encoder_layers", "decoder_layers", "num_latents",
+                "latent_dim")
 
 
 def compute_dtype(name: str):
@@ -102,7 +105,9 @@ def vae_task(cfg: Config, run_dir, mesh) -> Task:
         stage=STAGE, train_cfg=cfg.vae_train,
         build_model=build_vae(cfg, meta["vocab_size"]), loss_fn=loss_fn,
         train_batches=pipeline.train_batches(cfg, run_dir, mesh),
-        eval_batches=lambda: pipeline.eval_batches(cfg, run_dir, mesh))
+        eval_batches=lambda: pipeline.eval_batches(cfg, run_dir, mesh),
+        frozen={**{f"vae.{k}": getattr(cfg.vae, k) for k in ARCHITECTURE},
+                "data.block_len": cfg.data.block_len, "vocab_size": meta["vocab_size"]})
 
 
 def train_vae(cfg: Config, run_dir) -> TrainResult:
