@@ -98,6 +98,29 @@ class VAEConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DiTConfig:
+    """Latent diffusion transformer and its diffusion process (ldlm/models/dit.py,
+    ldlm/diffusion/, ldlm/train/dit.py)."""
+
+    width: int = 256
+    heads: int = 4
+    mlp_dim: int = 768
+    layers: int = 4
+    schedule: str = "cosine"  # cosine | linear
+    snr_scale: float = 1.0  # logsnr + 2 log(snr_scale); < 1 is noisier
+    prediction: str = "v"  # eps | x0 | v
+    loss_weighting: str = "none"  # none | min_snr
+    min_snr_gamma: float = 5.0
+    time_sampling: str = "uniform"  # uniform | logit_normal
+    self_cond_prob: float = 0.5  # self-conditioning: previous x0 estimate fed back
+    label_dropout: float = 0.1  # class label replaced by the null label (for guidance)
+    context_dropout: float = 0.5  # each neighbouring block's latents dropped with this prob
+    use_context: bool = True  # condition on the previous / next block of the document
+    sample_every: int = 0  # decoded sample dumps every K steps (0 = only at the end)
+    sample_steps: str = "10,50"  # step budgets of the dumps, comma separated
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run: optimiser, schedule, precision, checkpoints, logging."""
 
@@ -128,6 +151,8 @@ class Config:
     mesh: MeshConfig = MeshConfig()
     vae: VAEConfig = VAEConfig()
     vae_train: TrainConfig = TrainConfig()
+    dit: DiTConfig = DiTConfig()
+    dit_train: TrainConfig = TrainConfig(lr=1e-3, ema_decay=0.999)
 
     # ------------------------------------------------------------------ construction
     def replace(self, **changes) -> "Config":
@@ -191,7 +216,31 @@ class Config:
         if v.width % v.heads or (v.width // v.heads) % 2:
             raise ConfigError(f"vae.width={v.width} must split into vae.heads={v.heads} "
                               "heads of even width (RoPE)")
-        for name in ("vae_train",):
+        t = self.dit
+        if t.schedule not in ("cosine", "linear"):
+            raise ConfigError(f"dit.schedule={t.schedule!r} is not one of ['cosine', 'linear']")
+        if t.prediction not in ("eps", "x0", "v"):
+            raise ConfigError(f"dit.prediction={t.prediction!r} is not one of "
+                              "['eps', 'x0', 'v']")
+        if t.loss_weighting not in ("none", "min_snr"):
+            raise ConfigError(f"dit.loss_weighting={t.loss_weighting!r} is not one of "
+                              "['none', 'min_snr']")
+        if t.time_sampling not in ("uniform", "logit_normal"):
+            raise ConfigError(f"dit.time_sampling={t.time_sampling!r} is not one of "
+                              "['uniform', 'logit_normal']")
+        if t.width % t.heads or (t.width // t.heads) % 2:
+            raise ConfigError(f"dit.width={t.width} must split into dit.heads={t.heads} "
+                              "heads of even width (RoPE)")
+        if t.snr_scale <= 0:
+            raise ConfigError(f"dit.snr_scale={t.snr_scale} must be > 0")
+        try:
+            budgets = [int(x) for x in t.sample_steps.split(",") if x.strip()]
+        except ValueError:
+            budgets = [0]
+        if not budgets or not all(1 <= b <= 1000 for b in budgets):
+            raise ConfigError(f"dit.sample_steps={t.sample_steps!r} must be comma-separated "
+                              "step counts in 1..1000")
+        for name in ("vae_train", "dit_train"):
             t = getattr(self, name)
             if t.compute_dtype not in ("float32", "bfloat16"):
                 raise ConfigError(f"{name}.compute_dtype={t.compute_dtype!r} is not one of "
@@ -329,7 +378,10 @@ def preset_config(preset: str) -> Config:
             vae=VAEConfig(width=64, heads=2, mlp_dim=128, encoder_layers=1, decoder_layers=1,
                           num_latents=8, latent_dim=16),
             vae_train=TrainConfig(steps=60, lr=3e-3, checkpoint_every=20, log_every=10,
-                                  eval_batches=2))
+                                  eval_batches=2),
+            dit=DiTConfig(width=64, heads=2, mlp_dim=128, layers=2, sample_steps="5"),
+            dit_train=TrainConfig(steps=40, lr=2e-3, ema_decay=0.9, checkpoint_every=20,
+                                  log_every=10, eval_batches=2))
     if preset == "cpu":
         return Config(
             preset="cpu",
@@ -340,7 +392,10 @@ def preset_config(preset: str) -> Config:
             vae=VAEConfig(width=256, heads=4, mlp_dim=768, encoder_layers=2, decoder_layers=2,
                           num_latents=16, latent_dim=64, token_mask_prob=0.0),
             vae_train=TrainConfig(steps=800, lr=2e-3, checkpoint_every=200, log_every=20,
-                                  eval_batches=8))
+                                  eval_batches=8),
+            dit=DiTConfig(width=256, heads=4, mlp_dim=768, layers=4),
+            dit_train=TrainConfig(steps=3000, lr=1e-3, ema_decay=0.999, checkpoint_every=500,
+                                  log_every=50, eval_every=500, eval_batches=8))
     return Config(
         preset="base",
         data=DataConfig(block_len=128, batch_size=256),
@@ -349,6 +404,10 @@ def preset_config(preset: str) -> Config:
                       num_latents=32, latent_dim=64),
         vae_train=TrainConfig(steps=50_000, lr=5e-4, warmup_frac=0.02, ema_decay=0.999,
                               compute_dtype="bfloat16", checkpoint_every=2000, log_every=100,
+                              eval_every=5000, eval_batches=32),
+        dit=DiTConfig(width=768, heads=12, mlp_dim=2048, layers=12, sample_every=10_000),
+        dit_train=TrainConfig(steps=200_000, lr=3e-4, warmup_frac=0.01, ema_decay=0.9999,
+                              compute_dtype="bfloat16", checkpoint_every=5000, log_every=100,
                               eval_every=5000, eval_batches=32))
 
 

@@ -14,7 +14,7 @@ A batch is a dict of arrays (B = global batch size):
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grain
 import jax
@@ -49,20 +49,25 @@ def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
     return global_batch // processes
 
 
-def _empty_block(block_len: int) -> dict[str, np.ndarray]:
-    """A padding row for the end of an evaluation pass: mask all False, indices -1."""
-    return {"tokens": np.zeros(block_len, np.int32), "mask": np.zeros(block_len, bool),
-            "doc_index": np.int32(-1), "block_index": np.int32(-1), "label": np.int32(-1)}
+def _empty_like(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A padding row for the end of an evaluation pass: zeros, boolean fields False,
+    indices and labels -1 (so real rows are those with doc_index >= 0)."""
+    out = {k: np.zeros_like(v) for k, v in example.items()}
+    for k in ("doc_index", "block_index", "label"):
+        if k in out:
+            out[k] = np.full_like(example[k], -1)
+    return out
 
 
 def make_dataset(source, *, batch_size: int, train: bool, seed: int = 0,
-                 process_index: int | None = None,
-                 process_count: int | None = None) -> grain.IterDataset:
+                 process_index: int | None = None, process_count: int | None = None,
+                 decode: Callable[[Any], dict] = blocks_lib.decode_record) -> grain.IterDataset:
     """This process's local batches (`batch_size // process_count` rows each).
 
     train=True: endless, reshuffled every epoch from `seed`.
     train=False: one ordered pass, padded with empty rows to whole global batches so that
     every process yields the same number of batches.
+    `decode` turns a source record into a dict of arrays.
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -71,13 +76,13 @@ def make_dataset(source, *, batch_size: int, train: bool, seed: int = 0,
                           f"{process_count} processes")
     local = batch_size // process_count
     if train:
-        ds = grain.MapDataset.source(source).map(blocks_lib.decode_record)
+        ds = grain.MapDataset.source(source).map(decode)
         ds = ds.shuffle(seed=seed).repeat(None)
     else:
         n = len(source)
-        block_len = blocks_lib.decode_record(source[0])["tokens"].shape[0] if n else 1
+        empty = _empty_like(decode(source[0])) if n else {}
         ds = grain.MapDataset.range(-(-n // batch_size) * batch_size).map(
-            lambda i: blocks_lib.decode_record(source[i]) if i < n else _empty_block(block_len))
+            lambda i: decode(source[i]) if i < n else empty)
     ds = ds[process_index::process_count].batch(local, drop_remainder=True)
     return ds.to_iter_dataset()
 
