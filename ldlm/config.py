@@ -394,7 +394,7 @@ def preset_config(preset: str) -> Config:
             vae_train=TrainConfig(steps=800, lr=2e-3, checkpoint_every=200, log_every=20,
                                   eval_batches=8),
             dit=DiTConfig(width=256, heads=4, mlp_dim=768, layers=4),
-            dit_train=TrainConfig(steps=3000, lr=1e-3, ema_decay=0.999, checkpoint_every=500,
+            dit_train=TrainConfig(steps=1500, lr=1e-3, ema_decay=0.999, checkpoint_every=500,
                                   log_every=50, eval_every=500, eval_batches=8))
     return Config(
         preset="base",

@@ -56,6 +56,10 @@ class Task:
     # Config values a checkpoint must have been trained with to be resumed (model shape,
     # vocabulary, block length): a mismatch is reported instead of failing inside Orbax.
     frozen: dict = dataclasses.field(default_factory=dict)
+    # hook(step, graphdef, params) every `hook_every` steps and at the end (e.g. sample
+    # dumps); params are the EMA weights when the run keeps them.
+    hook: Callable[[int, Any, Any], None] | None = None
+    hook_every: int = 0
 
 
 @dataclasses.dataclass
@@ -195,8 +199,13 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
                 save(step)
             if tcfg.eval_every and step % tcfg.eval_every == 0 and task.eval_batches:
                 writer.write(step, evaluate(eval_step, state, task, cfg.seed), "validation")
+            if task.hook and task.hook_every and step % task.hook_every == 0 \
+                    and step != tcfg.steps:
+                task.hook(step, graphdef, _weights(state))
         if pending is not None:
             consume(*pending)
+        if task.hook:
+            task.hook(int(state.step), graphdef, _weights(state))
         if task.eval_batches:
             final = evaluate(eval_step, state, task, cfg.seed)
             writer.write(int(state.step), final, "validation")
@@ -207,6 +216,10 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
         writer.close()
         ckpt.close()
     return TrainResult(graphdef, state, mesh, resumed_from, time.time() - t0)
+
+
+def _weights(state: TrainState):
+    return state.ema if state.ema is not None else state.params
 
 
 def check_resumable(meta: dict, task: Task, where) -> None:
@@ -223,7 +236,7 @@ def check_resumable(meta: dict, task: Task, where) -> None:
 def evaluate(eval_step, state: TrainState, task: Task, seed: int) -> dict[str, float]:
     """Mean of the loss metrics over `eval_batches` validation batches (EMA weights if kept),
     weighted by real tokens."""
-    params = state.ema if state.ema is not None else state.params
+    params = _weights(state)
     totals: dict[str, float] = {}
     weight = 0.0
     rng = jax.random.PRNGKey(seed + 1)

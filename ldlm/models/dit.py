@@ -1,0 +1,126 @@
+"""Latent DiT: a transformer that denoises the N latent vectors of a block.
+
+- adaLN-Zero (DiT): every block is modulated by shift / scale / gate vectors computed from
+  the conditioning c = time embedding + class embedding; the modulation layers start at
+  zero, so at initialisation every residual branch is exactly zero and the network is the
+  identity on its input projection.
+- Self-conditioning: the previous estimate of the clean latents is concatenated to the
+  noisy input (zeros when there is none).
+- Class conditioning with a learned null label (index num_classes) for classifier-free
+  guidance.
+- Document context: the latents of the previous block (continuation) and of the next block
+  (infilling) enter as extra tokens in the same sequence, each with its own segment
+  embedding; an absent neighbour is masked out of attention, so it contributes nothing.
+
+Sequence: [prev (N) | current (N) | next (N)], RoPE positions 0 .. 3N-1.
+Shape letters: B batch, N latents, D latent width, W model width, T = 3N.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ldlm.config import DiTConfig
+from ldlm.models import layers
+
+
+def timestep_embedding(t_B, dim: int, max_period: float = 10_000.0):
+    """Sinusoidal embedding of t in [0, 1] (scaled to 0 .. 1000)."""
+    half = dim // 2
+    freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = (1000.0 * t_B.astype(jnp.float32))[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def modulate(x_BxTxW, shift_BxW, scale_BxW):
+    return x_BxTxW * (1 + scale_BxW[:, None, :]) + shift_BxW[:, None, :]
+
+
+def _zeros():
+    return nnx.initializers.zeros_init()
+
+
+class DiTBlock(nnx.Module):
+    def __init__(self, width: int, heads: int, mlp_dim: int, *, rngs: nnx.Rngs, dtype):
+        self.attn = layers.Attention(width, heads, rngs=rngs, dtype=dtype)
+        self.mlp = layers.SwiGLU(width, mlp_dim, rngs=rngs, dtype=dtype)
+        # adaLN-Zero: 6 modulation vectors from c, zero at initialisation
+        self.ada = layers.Dense(width, 6 * width, rngs=rngs, names=("embed", "mlp"),
+                                use_bias=True, init=_zeros(), dtype=dtype)
+
+    def __call__(self, x_BxTxW, c_BxW, mask_BxTxT):
+        mods = jnp.split(self.ada(jax.nn.silu(c_BxW)).astype(x_BxTxW.dtype), 6, axis=-1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        h = modulate(layers.rms_normalize(x_BxTxW), shift1, scale1)
+        x = x_BxTxW + gate1[:, None, :] * self.attn(h, mask_BxTxT=mask_BxTxT).astype(
+            x_BxTxW.dtype)
+        h = modulate(layers.rms_normalize(x), shift2, scale2)
+        return x + gate2[:, None, :] * self.mlp(h).astype(x.dtype)
+
+
+class DiT(nnx.Module):
+    def __init__(self, cfg: DiTConfig, num_latents: int, latent_dim: int, num_classes: int,
+                 *, rngs: nnx.Rngs, dtype=jnp.float32):
+        W = cfg.width
+        self.cfg, self.N, self.D, self.num_classes, self.dtype = (cfg, num_latents, latent_dim,
+                                                                   num_classes, dtype)
+        self.in_proj = layers.Dense(2 * latent_dim, W, rngs=rngs, names=("latent", "embed"),
+                                    use_bias=True, dtype=dtype)
+        self.ctx_proj = layers.Dense(latent_dim, W, rngs=rngs, names=("latent", "embed"),
+                                     use_bias=True, dtype=dtype)
+        self.segment = layers.param(rngs, layers.normal(0.02), (3, W), (None, "embed"))
+        self.time_mlp1 = layers.Dense(W, W, rngs=rngs, names=("embed", "mlp"), use_bias=True,
+                                      dtype=dtype)
+        self.time_mlp2 = layers.Dense(W, W, rngs=rngs, names=("mlp", "embed"), use_bias=True,
+                                      dtype=dtype)
+        # num_classes + 1 rows: the last is the null label (unconditional)
+        self.class_embed = layers.param(rngs, layers.normal(0.02), (num_classes + 1, W),
+                                        (None, "embed"))
+        self.blocks = nnx.List([DiTBlock(W, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
+                                for _ in range(cfg.layers)])
+        self.final_ada = layers.Dense(W, 2 * W, rngs=rngs, names=("embed", "mlp"),
+                                      use_bias=True, init=_zeros(), dtype=dtype)
+        self.out_proj = layers.Dense(W, latent_dim, rngs=rngs, names=("embed", "latent"),
+                                     use_bias=True, init=_zeros(), dtype=dtype)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def __call__(self, z_BxNxD, t_B, *, self_cond_BxNxD=None, label_B=None,
+                 prev_BxNxD=None, has_prev_B=None, next_BxNxD=None, has_next_B=None):
+        """The network output (eps, x0 or v, per config) for the current block, BxNxD."""
+        B, N, D = z_BxNxD.shape
+        if self_cond_BxNxD is None:
+            self_cond_BxNxD = jnp.zeros_like(z_BxNxD)
+        if label_B is None:
+            label_B = jnp.full((B,), self.null_label, jnp.int32)
+        absent = jnp.zeros((B,), bool)
+        zeros = jnp.zeros_like(z_BxNxD)
+        has_prev_B = absent if has_prev_B is None else has_prev_B
+        has_next_B = absent if has_next_B is None else has_next_B
+        prev_BxNxD = zeros if prev_BxNxD is None else prev_BxNxD
+        next_BxNxD = zeros if next_BxNxD is None else next_BxNxD
+
+        x = self.in_proj(jnp.concatenate([z_BxNxD, self_cond_BxNxD], -1))
+        seg = self.segment[...].astype(x.dtype)
+        prev = self.ctx_proj(prev_BxNxD) + seg[0][None, None, :]
+        nxt = self.ctx_proj(next_BxNxD) + seg[2][None, None, :]
+        x = jnp.concatenate([prev, x + seg[1][None, None, :], nxt], axis=1)  # BxTxW
+        present_BxT = jnp.concatenate([
+            jnp.broadcast_to(has_prev_B[:, None], (B, N)), jnp.ones((B, N), bool),
+            jnp.broadcast_to(has_next_B[:, None], (B, N))], axis=1)
+        # every query attends to the present tokens only (an absent neighbour is invisible)
+        mask_BxTxT = jnp.broadcast_to(present_BxT[:, None, :], (B, 3 * N, 3 * N))
+
+        temb = timestep_embedding(t_B, self.cfg.width)
+        c = self.time_mlp2(jax.nn.silu(self.time_mlp1(temb)))
+        c = c + jnp.take(self.class_embed[...], label_B, axis=0).astype(c.dtype)
+        for block in self.blocks:
+            x = block(x, c, mask_BxTxT)
+        x = x[:, N:2 * N]
+        shift, scale = jnp.split(self.final_ada(jax.nn.silu(c)).astype(x.dtype), 2, axis=-1)
+        out = self.out_proj(modulate(layers.rms_normalize(x), shift, scale))
+        return out.astype(jnp.float32)

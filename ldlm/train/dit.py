@@ -1,0 +1,172 @@
+"""Stage 2 (`make dit`): train the latent DiT on the cached, normalised VAE latents.
+
+Objective: the squared error of the network output against its target (eps, x0 or v) at a
+random time, optionally min-SNR weighted. In training, the class label is replaced by the
+null label with probability `label_dropout` (classifier-free guidance), each neighbouring
+block is dropped with probability `context_dropout` (one model for unconditional generation,
+continuation and infilling), and with probability `self_cond_prob` the network first
+estimates the clean latents and sees that estimate (without gradient) on its second pass.
+
+Decoded samples at a few step budgets are written to `dit/samples/step_<n>.json` every
+`dit.sample_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ldlm import rundir
+from ldlm.config import Config, DiTConfig
+from ldlm.data import latents as latents_lib
+from ldlm.diffusion import samplers, schedules
+from ldlm.mesh import make_mesh
+from ldlm.models.dit import DiT
+from ldlm.train.loop import Task, TrainResult, train
+from ldlm.train.vae import compute_dtype
+
+log = logging.getLogger("ldlm.dit")
+STAGE = "dit"
+ARCHITECTURE = ("width", "heads", "mlp_dim", "layers")
+
+
+def conditioning(batch, model: DiT, cfg: DiTConfig, rng, train: bool) -> dict:
+    """The DiT's keyword inputs from a latent batch, with training-time dropout."""
+    k_label, k_prev, k_next = jax.random.split(rng, 3)
+    B = batch["label"].shape[0]
+    label = batch["label"]
+    drop = label < 0  # unlabelled rows are always unconditional
+    if train:
+        drop = drop | jax.random.bernoulli(k_label, cfg.label_dropout, (B,))
+    label = jnp.where(drop, model.null_label, label)
+    has_prev = batch["has_prev"] & cfg.use_context
+    has_next = batch["has_next"] & cfg.use_context
+    if train:
+        has_prev = has_prev & ~jax.random.bernoulli(k_prev, cfg.context_dropout, (B,))
+        has_next = has_next & ~jax.random.bernoulli(k_next, cfg.context_dropout, (B,))
+    return {"label_B": label, "prev_BxNxD": batch["prev"], "has_prev_B": has_prev,
+            "next_BxNxD": batch["next"], "has_next_B": has_next}
+
+
+def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block_len: int):
+    x0 = batch["z"]
+    B = x0.shape[0]
+    rows = (batch["doc_index"] >= 0).astype(jnp.float32)  # eval passes end in padding rows
+    k_t, k_eps, k_cond, k_sc, k_sc_use = jax.random.split(rng, 5)
+    t = schedules.sample_t(k_t, (B,), cfg.time_sampling)
+    ls = schedules.logsnr(t, cfg.schedule, cfg.snr_scale)
+    a, s = schedules.alpha_sigma(ls)
+    eps = jax.random.normal(k_eps, x0.shape)
+    z = schedules.q_sample(x0, eps, a, s)
+    cond = conditioning(batch, model, cfg, k_cond, train)
+    self_cond = None
+    if train and cfg.self_cond_prob > 0:
+        first = model(z, t, **cond)
+        estimate = jax.lax.stop_gradient(schedules.to_x0(cfg.prediction, first, z, a, s))
+        use = jax.random.bernoulli(k_sc_use, cfg.self_cond_prob, (B,))
+        self_cond = estimate * use[:, None, None].astype(estimate.dtype)
+    out = model(z, t, self_cond_BxNxD=self_cond, **cond)
+    tgt = schedules.target(cfg.prediction, x0, eps, a, s)
+    w = schedules.loss_weight(cfg.loss_weighting, ls, cfg.prediction, cfg.min_snr_gamma)
+    per_example = jnp.mean((out - tgt) ** 2, axis=(1, 2))
+    n = jnp.maximum(rows.sum(), 1.0)
+    loss = (w * per_example * rows).sum() / n
+    x0_hat = schedules.to_x0(cfg.prediction, out, z, a, s)
+    mse_x0 = (jnp.mean((x0_hat - x0) ** 2, axis=(1, 2)) * rows).sum() / n
+    return loss, {"mse": (per_example * rows).sum() / n, "mse_x0": mse_x0,
+                  "tokens": rows.sum() * block_len}
+
+
+def build_dit(cfg: Config, num_latents: int, latent_dim: int, num_classes: int):
+    dtype = compute_dtype(cfg.dit_train.compute_dtype)
+    return lambda rngs: DiT(cfg.dit, num_latents, latent_dim, num_classes, rngs=rngs,
+                            dtype=dtype)
+
+
+def sample_latents(model: DiT, cfg: DiTConfig, n: int, steps: int, seed: int,
+                   labels=None, eta: float = 0.0):
+    """n normalised latent blocks by DDIM (class-conditional when `labels` is given)."""
+    key = jax.random.PRNGKey(seed)
+    z_T = jax.random.normal(key, (n, model.N, model.D))
+    label = (jnp.full((n,), model.null_label, jnp.int32) if labels is None
+             else jnp.asarray(labels, jnp.int32))
+
+    def net(z, t, sc):
+        return model(z, t, self_cond_BxNxD=sc, label_B=label)
+
+    return samplers.ddim(net, z_T, steps, jax.random.fold_in(key, 1), schedule=cfg.schedule,
+                         snr_scale=cfg.snr_scale, prediction=cfg.prediction, eta=eta)
+
+
+def sample_dump_hook(cfg: Config, run_dir, label_names, per_label: int = 1):
+    """Writes decoded class-conditional samples at each budget of dit.sample_steps."""
+    from ldlm.textvae import TextVAE
+
+    vae = TextVAE.from_run(run_dir)
+    mean, std = latents_lib.read_stats(run_dir)
+    budgets = [int(x) for x in cfg.dit.sample_steps.split(",") if x.strip()]
+    labels = np.repeat(np.arange(max(1, len(label_names))), per_label)
+    out_dir = rundir.stage_dir(run_dir, STAGE) / "samples"
+    samplers_by_budget = {}
+
+    def hook(step: int, graphdef, params):
+        params = jax.device_get(params)  # sample on the host's default device
+        result = {}
+        for b in budgets:
+            if b not in samplers_by_budget:
+                samplers_by_budget[b] = jax.jit(lambda p, b=b: sample_latents(
+                    nnx.merge(graphdef, p), cfg.dit, len(labels), b, cfg.seed,
+                    labels if label_names else None))
+            z = np.asarray(samplers_by_budget[b](params)) * std[None, None] + mean[None, None]
+            texts = vae.decode(z.astype(np.float32))
+            result[str(b)] = [{"label": label_names[l] if label_names else None, "text": t}
+                              for l, t in zip(labels, texts)]
+        if rundir.is_main_process():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            rundir.write_json_atomic(out_dir / f"step_{step}.json", result)
+        first = result[str(budgets[-1])][0]
+        log.info("step %d sample (%d steps, %s): %r", step, budgets[-1], first["label"],
+                 first["text"][:200])
+
+    return hook
+
+
+def dit_task(cfg: Config, run_dir, mesh, with_samples: bool = True) -> Task:
+    meta = latents_lib.read_meta(run_dir)  # MissingStageError -> make latents
+    N, D = meta["num_latents"], meta["latent_dim"]
+    label_names = meta["label_names"]
+
+    def loss_fn(model, batch, rng, step, train):
+        return dit_loss(model, batch, rng, step, train, cfg=cfg.dit,
+                        block_len=cfg.data.block_len)
+
+    return Task(
+        stage=STAGE, train_cfg=cfg.dit_train,
+        build_model=build_dit(cfg, N, D, max(1, len(label_names))), loss_fn=loss_fn,
+        train_batches=latents_lib.latent_batches(cfg, run_dir, mesh),
+        eval_batches=lambda: latents_lib.latent_batches(cfg, run_dir, mesh, "validation",
+                                                        train=False),
+        frozen={**{f"dit.{k}": getattr(cfg.dit, k) for k in ARCHITECTURE},
+                "num_latents": N, "latent_dim": D, "num_classes": len(label_names)},
+        hook=sample_dump_hook(cfg, run_dir, label_names) if with_samples else None,
+        hook_every=cfg.dit.sample_every)
+
+
+def train_dit(cfg: Config, run_dir, with_samples: bool = True) -> TrainResult:
+    rundir.start_stage(cfg, run_dir, STAGE)
+    mesh = make_mesh(cfg.mesh)
+    return train(cfg, run_dir, dit_task(cfg, run_dir, mesh, with_samples), mesh)
+
+
+def run_dit(cfg: Config, run_dir) -> dict:
+    """`make dit`: train (or resume) the DiT, dump samples; returns final validation loss."""
+    result = train_dit(cfg, run_dir)
+    from ldlm.metrics import read_metrics
+    rows = [r for r in read_metrics(rundir.stage_dir(run_dir, STAGE))
+            if r["split"] == "validation"]
+    return {"train_seconds": round(result.seconds, 1), "validation": rows[-1] if rows else {}}
