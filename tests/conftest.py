@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 from ldlm.config import load_experiment  # noqa: E402
+from tests.helpers import link_stages  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +29,15 @@ def tiny_run(tmp_path_factory, tiny_cfg):
     run_data(tiny_cfg, run_dir)
     stats = run_tokenizer(tiny_cfg, run_dir)
     return run_dir, stats
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_run, tiny_cfg, tmp_path_factory):
+    """A tiny VAE trained for a few steps with checkpoints, sharing the tiny data run."""
+    from ldlm.train.vae import train_vae
+
+    src, _ = tiny_run
+    run_dir = link_stages(src, tmp_path_factory.mktemp("vae_run"))
+    cfg = tiny_cfg.override(["vae_train.steps=6", "vae_train.checkpoint_every=3"])
+    result = train_vae(cfg, run_dir)
+    return cfg, run_dir, result

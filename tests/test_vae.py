@@ -24,14 +24,7 @@ from ldlm.models.vae import TextVAEModel
 from ldlm.textvae import TextTooLong, TextVAE
 from ldlm.train import loop
 from ldlm.train.vae import train_vae, vae_loss
-
-
-def _link_data(src_run, dst_run):
-    """A new run directory sharing the data and tokenizer stages of `src_run`."""
-    dst_run.mkdir(parents=True, exist_ok=True)
-    for stage in ("data", "tokenizer"):
-        (dst_run / stage).symlink_to(src_run / stage)
-    return dst_run
+from tests.helpers import link_stages as _link_data
 
 
 def _model(cfg, vocab, seed=0):
@@ -118,16 +111,6 @@ def test_logical_axes_map_onto_the_mesh(tiny_cfg):
     # and every parameter really is laid out over the 8 devices
     for _, v in nnx.to_flat_state(nnx.state(model)):
         assert len(v[...].sharding.device_set) == 8
-
-
-@pytest.fixture(scope="module")
-def trained_tiny(tiny_run, tiny_cfg, tmp_path_factory):
-    """A tiny VAE trained for a few steps with checkpoints, sharing the tiny data run."""
-    src, _ = tiny_run
-    run_dir = _link_data(src, tmp_path_factory.mktemp("vae_run"))
-    cfg = tiny_cfg.override(["vae_train.steps=6", "vae_train.checkpoint_every=3"])
-    result = train_vae(cfg, run_dir)
-    return cfg, run_dir, result
 
 
 TEXTS = ["Shares in the bank rose sharply on Monday.", "The film won three awards.",
