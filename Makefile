@@ -16,8 +16,9 @@ STAGE_ARGS = --exp $(EXP) --preset $(PRESET) --run-dir $(RUN_DIR) $(foreach s,$(
 DATA_DONE = $(RUN_DIR)/data/stats.json
 TOKENIZER_DONE = $(RUN_DIR)/tokenizer/stats.json
 VAE_DONE = $(RUN_DIR)/vae/eval.json
+LATENTS_DONE = $(RUN_DIR)/latents/meta.json
 
-.PHONY: help setup test test-slow demo data tokenizer vae clean-run
+.PHONY: help setup test test-slow demo data tokenizer vae latents dit clean-run
 
 help:
 	@echo "make setup      create .venv and install ldlm with its dev extra"
@@ -27,6 +28,8 @@ help:
 	@echo "make data       prepare the corpus, print split sizes        [EXP PRESET RUN SET]"
 	@echo "make tokenizer  train sentencepiece, cut blocks of L tokens  [EXP PRESET RUN SET]"
 	@echo "make vae        train + evaluate the TextVAE (resumes)       [EXP PRESET RUN SET]"
+	@echo "make latents    encode the corpus with the trained VAE       [EXP PRESET RUN SET]"
+	@echo "make dit        train the latent DiT, dump samples (resumes) [EXP PRESET RUN SET]"
 
 setup:
 	python3.11 -m venv .venv
@@ -40,7 +43,7 @@ test-slow:
 	$(PYTHON) -m pytest -q -m slow
 
 demo: PRESET = cpu
-demo: data tokenizer vae
+demo: data tokenizer vae latents dit
 
 data:
 	$(PYTHON) -m ldlm.cli.data $(STAGE_ARGS)
@@ -56,6 +59,14 @@ vae: | $(TOKENIZER_DONE)
 	$(PYTHON) -m ldlm.cli.vae $(STAGE_ARGS)
 $(VAE_DONE): | $(TOKENIZER_DONE)
 	$(PYTHON) -m ldlm.cli.vae $(STAGE_ARGS)
+
+latents: | $(VAE_DONE)
+	$(PYTHON) -m ldlm.cli.latents $(STAGE_ARGS)
+$(LATENTS_DONE): | $(VAE_DONE)
+	$(PYTHON) -m ldlm.cli.latents $(STAGE_ARGS)
+
+dit: | $(LATENTS_DONE)
+	$(PYTHON) -m ldlm.cli.dit $(STAGE_ARGS)
 
 clean-run:
 	rm -rf $(RUN_DIR)

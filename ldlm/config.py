@@ -132,7 +132,7 @@ class TrainConfig:
     b1: float = 0.9
     b2: float = 0.98
     grad_clip: float = 1.0
-    ema_decay: float = 0.0  # 0 = no EMA weights
+    ema_decay: float = 0.0  # 0 = no EMA weights; warmed up as min(decay, (1+t)/(10+t))
     compute_dtype: str = "float32"  # float32 | bfloat16 (parameters stay float32)
     checkpoint_every: int = 200
     keep_checkpoints: int = 2

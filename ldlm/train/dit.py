@@ -129,9 +129,10 @@ def sample_dump_hook(cfg: Config, run_dir, label_names, per_label: int = 1):
         if rundir.is_main_process():
             out_dir.mkdir(parents=True, exist_ok=True)
             rundir.write_json_atomic(out_dir / f"step_{step}.json", result)
-        first = result[str(budgets[-1])][0]
-        log.info("step %d sample (%d steps, %s): %r", step, budgets[-1], first["label"],
-                 first["text"][:200])
+        final = step == cfg.dit_train.steps
+        for sample in result[str(budgets[-1])][:None if final else 1]:
+            log.info("step %d sample (%d DDIM steps, %s): %r", step, budgets[-1],
+                     sample["label"], sample["text"])
 
     return hook
 

@@ -112,7 +112,9 @@ def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
         if ema is not None:
-            d = cfg.ema_decay
+            # warm-up: early on the average follows the weights closely, so that a short
+            # run's EMA is not dominated by its first, poor steps
+            d = jnp.minimum(cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
             ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state.step)}
