@@ -210,7 +210,8 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
             task.hook(int(state.step), graphdef, _weights(state))
         if task.eval_batches:
             final = evaluate(eval_step, state, task, cfg.seed)
-            writer.write(int(state.step), final, "validation")
+            if not (tcfg.eval_every and int(state.step) % tcfg.eval_every == 0):
+                writer.write(int(state.step), final, "validation")  # not written just above
             log.info("%s validation: %s", task.stage,
                      ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
     finally:
