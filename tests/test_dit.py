@@ -12,7 +12,6 @@ from flax import nnx
 from ldlm.checkpoint import Checkpointer
 from ldlm.config import DiTConfig, MeshConfig
 from ldlm.data import latents as latents_lib
-from ldlm.diffusion import schedules
 from ldlm.errors import MissingStageError
 from ldlm.mesh import PARAM_RULES, make_mesh
 from ldlm.models.dit import DiT, timestep_embedding

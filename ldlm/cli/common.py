@@ -4,6 +4,7 @@ and user errors printed without a traceback."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import pathlib
 import sys
 from typing import Callable
@@ -39,13 +40,15 @@ def main_guard(fn: Callable[[], object]) -> None:
         sys.exit(2)
 
 
-def stage_main(description: str, load_stage: Callable[[], Callable], argv=None) -> None:
-    """Entry point of a stage: parse the common flags, resolve the config, run
-    `load_stage()(cfg, run_dir)` (imported lazily so `--help` stays fast)."""
+def stage_main(description: str, stage: str, argv=None) -> None:
+    """Entry point of a stage: parse the common flags, resolve the config, run the stage
+    function named "package.module:function" with (cfg, run_dir). The import happens after
+    parsing, so `--help` stays fast."""
     args = parser(description).parse_args(argv)
 
     def run():
+        module, function = stage.split(":")
         cfg, run_dir = resolve(args)
-        load_stage()(cfg, run_dir)
+        getattr(importlib.import_module(module), function)(cfg, run_dir)
 
     main_guard(run)

@@ -3,13 +3,8 @@
 from ldlm.cli import common
 
 
-def _stage():
-    from ldlm.train.dit import run_dit
-    return run_dit
-
-
 def main(argv=None) -> None:
-    common.stage_main(__doc__, _stage, argv)
+    common.stage_main(__doc__, "ldlm.train.dit:run_dit", argv)
 
 
 if __name__ == "__main__":

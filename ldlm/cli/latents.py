@@ -3,13 +3,8 @@
 from ldlm.cli import common
 
 
-def _stage():
-    from ldlm.data.latents import run_latents
-    return run_latents
-
-
 def main(argv=None) -> None:
-    common.stage_main(__doc__, _stage, argv)
+    common.stage_main(__doc__, "ldlm.data.latents:run_latents", argv)
 
 
 if __name__ == "__main__":

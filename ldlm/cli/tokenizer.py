@@ -3,13 +3,8 @@
 from ldlm.cli import common
 
 
-def _stage():
-    from ldlm.data.stages import run_tokenizer
-    return run_tokenizer
-
-
 def main(argv=None) -> None:
-    common.stage_main(__doc__, _stage, argv)
+    common.stage_main(__doc__, "ldlm.data.stages:run_tokenizer", argv)
 
 
 if __name__ == "__main__":

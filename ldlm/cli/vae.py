@@ -3,13 +3,8 @@
 from ldlm.cli import common
 
 
-def _stage():
-    from ldlm.train.vae import run_vae
-    return run_vae
-
-
 def main(argv=None) -> None:
-    common.stage_main(__doc__, _stage, argv)
+    common.stage_main(__doc__, "ldlm.train.vae:run_vae", argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Decoded samples at a few step budgets are written to `dit/samples/step_<n>.json`
 
 from __future__ import annotations
 
-import json
 import logging
 
 import jax
