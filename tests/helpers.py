@@ -1,5 +1,9 @@
 """Helpers shared by test modules."""
 
+import jax
+import optax
+from flax import nnx
+
 
 def link_stages(src_run, dst_run, stages=("data", "tokenizer")):
     """A new run directory sharing some finished stages of `src_run` (symlinks)."""
@@ -7,3 +11,23 @@ def link_stages(src_run, dst_run, stages=("data", "tokenizer")):
     for stage in stages:
         (dst_run / stage).symlink_to(src_run / stage)
     return dst_run
+
+
+def fit(model, loss_fn, steps: int, lr: float):
+    """Adam on `loss_fn(model, rng, i) -> (loss, metrics)` for `steps` steps (each step's
+    randomness from PRNGKey(i)); returns the trained model."""
+    graphdef, params = nnx.split(model)
+    tx = optax.adam(lr)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, i):
+        def f(p):
+            return loss_fn(nnx.merge(graphdef, p), jax.random.PRNGKey(i), i)
+        (_, _), g = jax.value_and_grad(f, has_aux=True)(params)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), opt
+
+    for i in range(steps):
+        params, opt = step(params, opt, i)
+    return nnx.merge(graphdef, params)

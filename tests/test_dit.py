@@ -5,7 +5,6 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -19,7 +18,7 @@ from ldlm.textvae import TextVAE
 from ldlm.train.dit import dit_loss, sample_latents, train_dit
 from ldlm.train.loop import replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
-from tests.helpers import link_stages
+from tests.helpers import fit, link_stages
 
 CFG = DiTConfig(width=64, heads=2, mlp_dim=128, layers=2)
 
@@ -105,23 +104,9 @@ def test_tiny_dit_overfits_a_fixed_set_of_latents():
              "doc_index": jnp.zeros(32, jnp.int32), "prev": jnp.zeros((32, 4, 8)),
              "next": jnp.zeros((32, 4, 8)), "has_prev": jnp.zeros(32, bool),
              "has_next": jnp.zeros(32, bool)}
-    model = _dit(cfg, classes=1)
-    graphdef, params = nnx.split(model)
-    tx = optax.adam(2e-3)
-    opt = tx.init(params)
-
-    @jax.jit
-    def step(params, opt, i):
-        def f(p):
-            return dit_loss(nnx.merge(graphdef, p), batch, jax.random.PRNGKey(i), i, True,
-                            cfg=cfg, block_len=16)
-        (loss, _), g = jax.value_and_grad(f, has_aux=True)(params)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), opt, loss
-
-    for i in range(1500):
-        params, opt, loss = step(params, opt, i)
-    samples = sample_latents(nnx.merge(graphdef, params), cfg, 16, 50, seed=0)
+    trained = fit(_dit(cfg, classes=1), lambda m, rng, i: dit_loss(
+        m, batch, rng, i, True, cfg=cfg, block_len=16), 1500, 2e-3)
+    samples = sample_latents(trained, cfg, 16, 50, seed=0)
     rms = lambda x: np.sqrt(np.mean(np.asarray(x) ** 2, axis=(-2, -1)))
     nearest = rms(samples[:, None] - data[None]).min(axis=1)  # RMS distance per coordinate
     random_distance = rms(data[:, None] - data[None])[np.triu_indices(4, 1)].min()

@@ -10,7 +10,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -24,7 +23,7 @@ from ldlm.models.vae import TextVAEModel
 from ldlm.textvae import TextTooLong, TextVAE
 from ldlm.train import loop
 from ldlm.train.vae import train_vae, vae_loss
-from tests.helpers import link_stages as _link_data
+from tests.helpers import fit, link_stages as _link_data
 
 
 def _model(cfg, vocab, seed=0):
@@ -45,23 +44,10 @@ def test_tiny_vae_overfits_a_handful_of_blocks(tiny_run, tiny_cfg):
     cfg = tiny_cfg.override(["vae.latent_noise_max=0.2"])
     model = _model(cfg, stats["vocab_size"])
     batch = _first_batch(cfg, run_dir, 8)
-    graphdef, params = nnx.split(model)
-    tx = optax.adam(3e-3)
-    opt = tx.init(params)
-
-    @jax.jit
-    def step(params, opt, i):
-        def f(p):
-            return vae_loss(nnx.merge(graphdef, p), batch, jax.random.PRNGKey(i), i, True,
-                            cfg=cfg.vae, total_steps=300)
-        (loss, m), g = jax.value_and_grad(f, has_aux=True)(params)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), opt, m
-
     t0 = time.time()
-    for i in range(400):
-        params, opt, m = step(params, opt, i)
-    codec = Codec(nnx.merge(graphdef, params))
+    trained = fit(model, lambda m, rng, i: vae_loss(m, batch, rng, i, True, cfg=cfg.vae,
+                                                    total_steps=300), 400, 3e-3)
+    codec = Codec(trained)
     pred, real = map(np.asarray, codec.decode(codec.encode(batch["tokens"])))
     mask = np.asarray(batch["mask"])
     assert (pred[mask] == np.asarray(batch["tokens"])[mask]).all()  # 100% of real tokens

@@ -66,15 +66,6 @@ def save_latent_stats(run_dir, mean_D, std_D) -> None:
         tmp.replace(path)
 
 
-def load_latent_stats(run_dir) -> tuple[np.ndarray, np.ndarray]:
-    from ldlm.errors import MissingStageError
-    path = rundir.stage_dir(run_dir, "vae") / LATENT_STATS_FILE
-    if not path.is_file():
-        raise MissingStageError("VAE latent statistics", path, "vae")
-    with np.load(path) as f:
-        return f["mean"], f["std"]
-
-
 def reconstruction_table(codec: Codec, batches, std_D, sigmas=SIGMAS, seed: int = 0,
                          keep_examples: int = 0):
     """{sigma: {token_accuracy, exact_match, blocks}} over all real rows of `batches`,
