@@ -9,6 +9,10 @@ EXP ?= bbc_news
 PRESET ?= cpu
 RUN ?= $(EXP)_$(PRESET)
 SET ?=
+STEPS ?= 16
+N ?= 8
+SAMPLER ?= dpm++
+SAMPLE_ARGS ?=
 RUN_DIR = runs/$(RUN)
 STAGE_ARGS = --exp $(EXP) --preset $(PRESET) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set $(s))
 
@@ -17,8 +21,9 @@ DATA_DONE = $(RUN_DIR)/data/stats.json
 TOKENIZER_DONE = $(RUN_DIR)/tokenizer/stats.json
 VAE_DONE = $(RUN_DIR)/vae/eval.json
 LATENTS_DONE = $(RUN_DIR)/latents/meta.json
+DIT_DONE = $(RUN_DIR)/dit/result.json
 
-.PHONY: help setup test test-slow demo data tokenizer vae latents dit clean-run
+.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample clean-run
 
 help:
 	@echo "make setup      create .venv and install ldlm with its dev extra"
@@ -30,6 +35,7 @@ help:
 	@echo "make vae        train + evaluate the TextVAE (resumes)       [EXP PRESET RUN SET]"
 	@echo "make latents    encode the corpus with the trained VAE       [EXP PRESET RUN SET]"
 	@echo "make dit        train the latent DiT, dump samples (resumes) [EXP PRESET RUN SET]"
+	@echo "make sample     print samples and their speed  [RUN STEPS N SAMPLER SAMPLE_ARGS]"
 
 setup:
 	python3.11 -m venv .venv
@@ -43,7 +49,7 @@ test-slow:
 	$(PYTHON) -m pytest -q -m slow
 
 demo: PRESET = cpu
-demo: data tokenizer vae latents dit
+demo: data tokenizer vae latents dit sample
 
 data:
 	$(PYTHON) -m ldlm.cli.data $(STAGE_ARGS)
@@ -67,6 +73,13 @@ $(LATENTS_DONE): | $(VAE_DONE)
 
 dit: | $(LATENTS_DONE)
 	$(PYTHON) -m ldlm.cli.dit $(STAGE_ARGS)
+$(DIT_DONE): | $(LATENTS_DONE)
+	$(PYTHON) -m ldlm.cli.dit $(STAGE_ARGS)
+
+# e.g. make sample STEPS=64 N=4 SAMPLE_ARGS="--label sports --guidance 2"
+sample: | $(DIT_DONE)
+	$(PYTHON) -m ldlm.cli.sample --run-dir $(RUN_DIR) --steps $(STEPS) -n $(N) \
+		--sampler $(SAMPLER) $(SAMPLE_ARGS)
 
 clean-run:
 	rm -rf $(RUN_DIR)

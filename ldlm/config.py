@@ -116,6 +116,7 @@ class DiTConfig:
     label_dropout: float = 0.1  # class label replaced by the null label (for guidance)
     context_dropout: float = 0.5  # each neighbouring block's latents dropped with this prob
     use_context: bool = True  # condition on the previous / next block of the document
+    context_pool: int = 4  # neighbour latents merged into one context token (1 = keep all N)
     sample_every: int = 0  # decoded sample dumps every K steps (0 = only at the end)
     sample_steps: str = "10,50"  # step budgets of the dumps, comma separated
 

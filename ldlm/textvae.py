@@ -14,21 +14,18 @@ from __future__ import annotations
 import pathlib
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from ldlm import rundir
-from ldlm.checkpoint import Checkpointer
-from ldlm.config import Config, MeshConfig
+from ldlm.config import Config
 from ldlm.data.blocks import document_blocks
 from ldlm.data.corpus import normalize_text
 from ldlm.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
-from ldlm.errors import LdlmError, MissingStageError
+from ldlm.errors import LdlmError
 from ldlm.eval.reconstruction import Codec
-from ldlm.mesh import PARAM_RULES, make_mesh
-from ldlm.train.state import init_state, make_optimizer
+from ldlm.loading import load_stage_model, stage_config
 
 
 class TextTooLong(LdlmError):
@@ -50,25 +47,11 @@ class TextVAE:
         when the run kept them and `ema`, onto the first local device."""
         from ldlm.train.vae import build_vae
 
-        run_dir = pathlib.Path(run_dir)
-        config_path = rundir.stage_dir(run_dir, "vae") / rundir.CONFIG_FILE
-        if not config_path.is_file():
-            raise MissingStageError("a trained VAE", rundir.stage_dir(run_dir, "vae"), "vae")
-        cfg = Config.from_json_file(config_path)
-        tokenizer = Tokenizer.load(rundir.stage_dir(run_dir, "tokenizer"))
-        mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.local_devices()[:1])
-        with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
-            model = build_vae(cfg, tokenizer.vocab_size)(nnx.Rngs(params=0))
-        graphdef, params = nnx.split(model)
-        like = init_state(params, make_optimizer(cfg.vae_train), cfg.seed,
-                          ema=cfg.vae_train.ema_decay > 0)
-        ckpt = Checkpointer(rundir.stage_dir(run_dir, "vae") / "checkpoints")
-        if ckpt.latest_step() is None:
-            raise MissingStageError("a VAE checkpoint", ckpt.directory, "vae")
-        state, _, _ = ckpt.restore(like, step)
-        ckpt.close()
-        weights = state.ema if (ema and state.ema is not None) else state.params
-        return cls(cfg, nnx.merge(graphdef, weights), tokenizer)
+        cfg = stage_config(run_dir, "vae", "a trained VAE")
+        tokenizer = Tokenizer.load(rundir.stage_dir(pathlib.Path(run_dir), "tokenizer"))
+        model = load_stage_model(run_dir, "vae", build_vae(cfg, tokenizer.vocab_size),
+                                 cfg.vae_train, cfg.seed, step=step, ema=ema)
+        return cls(cfg, model, tokenizer)
 
     # ------------------------------------------------------------------ text -> tokens
     def tokenize(self, texts: Sequence[str], *, eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -84,9 +67,9 @@ class TextVAE:
                     f"holds {self.block_len}: shorten it, or encode(..., split=True) to cut "
                     "it into blocks")
             rows.append(ids)
-        return self._pad(rows)
+        return self.pad(rows)
 
-    def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         tokens = np.full((len(rows), self.block_len), PAD_ID, np.int32)
         mask = np.zeros((len(rows), self.block_len), bool)
         for r, ids in enumerate(rows):
@@ -104,10 +87,19 @@ class TextVAE:
             texts = [texts]
         out = []
         for text in texts:
-            blocks = document_blocks(normalize_text(text), self.tokenizer, self.block_len,
-                                     self.cfg.data.block_min_fill)
-            out.append(self.encode_tokens(self._pad(blocks)[0]))
+            blocks = self.blocks(text, eos=eos)
+            out.append(self.encode_tokens(self.pad(blocks)[0]))
         return out
+
+    def blocks(self, text: str, *, eos: bool = True) -> list[list[int]]:
+        """Token blocks of one text, cut as in the data pipeline; without `eos` the text is
+        left open (a prompt to continue), so its last block carries no EOS."""
+        blocks = document_blocks(normalize_text(text), self.tokenizer, self.block_len,
+                                 self.cfg.data.block_min_fill)
+        if not eos:
+            blocks[-1] = [i for i in blocks[-1] if i != EOS_ID]
+            blocks = [b for b in blocks if b]
+        return blocks
 
     def encode_tokens(self, tokens_BxL) -> np.ndarray:
         return np.asarray(self._codec.encode(jnp.asarray(tokens_BxL, jnp.int32)))

@@ -41,3 +41,16 @@ def trained_tiny(tiny_run, tiny_cfg, tmp_path_factory):
     cfg = tiny_cfg.override(["vae_train.steps=6", "vae_train.checkpoint_every=3"])
     result = train_vae(cfg, run_dir)
     return cfg, run_dir, result
+
+
+@pytest.fixture(scope="session")
+def tiny_dit(trained_tiny, tmp_path_factory):
+    """Latents of the tiny VAE run and a tiny DiT trained on them (with context)."""
+    from ldlm.data import latents as latents_lib
+    from ldlm.train.dit import train_dit
+
+    cfg, src, _ = trained_tiny
+    run_dir = link_stages(src, tmp_path_factory.mktemp("dit_run"), ("data", "tokenizer", "vae"))
+    latents_lib.run_latents(cfg, run_dir, batch_size=64)
+    result = train_dit(cfg, run_dir)
+    return cfg, run_dir, result

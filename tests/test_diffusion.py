@@ -69,19 +69,101 @@ def _gaussian_denoiser(mu, var, prediction="v"):
     return net
 
 
-def test_ddim_with_the_exact_denoiser_recovers_the_data_distribution():
-    mu, var = 1.5, 0.25
+def _moment_error(sampler, steps, mu=1.5, var=0.25, seed=0, **kw):
     net = _gaussian_denoiser(mu, var)
-    z_T = jax.random.normal(jax.random.PRNGKey(0), (4000, 4, 8))
-    z = samplers.ddim(net, z_T, 50, jax.random.PRNGKey(1))
-    assert abs(float(z.mean()) - mu) < 0.02
-    assert abs(float(z.var()) - var) < 0.02
+    z_T = jax.random.normal(jax.random.PRNGKey(seed), (4000, 4, 8))
+    z = samplers.sample(net, z_T, steps, jax.random.PRNGKey(seed + 1), sampler=sampler, **kw)
+    return abs(float(z.mean()) - mu) + abs(float(z.var()) - var)
 
 
-def test_ddim_is_deterministic_for_a_seed():
+@pytest.mark.parametrize("sampler,kw", [("ddim", {}), ("dpm++", {}), ("ddpm", {}),
+                                        ("ddim", {"eta": 1.0}), ("dpm++", {"grid": "quadratic"})])
+def test_samplers_recover_the_data_distribution_with_the_exact_denoiser(sampler, kw):
+    assert _moment_error(sampler, 100, **kw) < 0.03
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
+def test_sampler_error_shrinks_as_the_step_count_grows(sampler):
+    errors = [_moment_error(sampler, n) for n in (2, 8, 64)]
+    assert errors[0] > errors[1] > errors[2], errors
+
+
+def test_second_order_beats_first_order_at_a_small_budget():
+    assert _moment_error("dpm++", 20) < 0.25 * _moment_error("ddim", 20)
+
+
+@pytest.mark.parametrize("sampler,kw", [("ddpm", {}), ("ddim", {"eta": 1.0}),
+                                        ("dpm++", {})])
+def test_every_sampler_is_deterministic_for_a_seed(sampler, kw):
     net = _gaussian_denoiser(0.0, 1.0)
     z_T = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 8))
-    a = samplers.ddim(net, z_T, 10, jax.random.PRNGKey(3), eta=1.0)
-    b = samplers.ddim(net, z_T, 10, jax.random.PRNGKey(3), eta=1.0)
-    c = samplers.ddim(net, z_T, 10, jax.random.PRNGKey(4), eta=1.0)
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+    def run(seed):
+        return np.asarray(samplers.sample(net, z_T, 10, jax.random.PRNGKey(seed),
+                                          sampler=sampler, **kw))
+
+    assert np.array_equal(run(3), run(3))
+    if sampler != "dpm++":  # stochastic samplers depend on the seed beyond z_T
+        assert not np.array_equal(run(3), run(4))
+
+
+def test_one_compile_serves_every_step_budget():
+    net = _gaussian_denoiser(0.0, 1.0)
+    fn = jax.jit(lambda z, steps: samplers.sample(net, z, steps, jax.random.PRNGKey(0),
+                                                  sampler="dpm++"))
+    z_T = jnp.ones((2, 4, 8))
+    for steps in (1, 4, 16, 1000):
+        assert np.isfinite(np.asarray(fn(z_T, steps))).all()
+    assert fn._cache_size() == 1
+
+
+def test_one_step_returns_the_first_clean_estimate():
+    mu, var = 0.5, 0.1
+    net = _gaussian_denoiser(mu, var)
+    z_T = jax.random.normal(jax.random.PRNGKey(0), (16, 4, 8))
+    for sampler in samplers.SAMPLERS:
+        z = samplers.sample(net, z_T, 1, jax.random.PRNGKey(1), sampler=sampler)
+        np.testing.assert_allclose(z, mu, atol=1e-3)  # at t = 1 the best guess is the mean
+
+
+def test_trajectory_holds_each_steps_estimate():
+    net = _gaussian_denoiser(1.0, 0.5)
+    z_T = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 8))
+    z, est = samplers.sample(net, z_T, 12, jax.random.PRNGKey(1), sampler="ddim",
+                             trajectory=True)
+    assert est.shape == (12, 4, 4, 8)
+    np.testing.assert_allclose(z, samplers.sample(net, z_T, 12, jax.random.PRNGKey(1)),
+                               atol=1e-5)
+    np.testing.assert_allclose(est[-1], z, atol=1e-3)
+
+
+def test_partial_denoising_from_t_start_stays_near_the_start():
+    net = _gaussian_denoiser(0.0, 1.0)
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 8))
+    eps = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
+
+    def rms_change(t_start):
+        a, s = schedules.alpha_sigma(schedules.logsnr(t_start))
+        out = samplers.sample(net, a * x0 + s * eps, 5, jax.random.PRNGKey(2),
+                              t_start=t_start)
+        return float(jnp.sqrt(jnp.mean((out - x0) ** 2)))
+
+    assert rms_change(0.02) < 0.06  # sigma(0.02) = 0.03 of noise, nothing more
+    assert rms_change(1.0) > 1.0  # from pure noise: an unrelated sample
+
+
+def test_guidance_scales_zero_and_one_are_the_unconditional_and_conditional_outputs():
+    cond, uncond = jnp.array([1.0, 2.0]), jnp.array([-1.0, 0.5])
+    np.testing.assert_allclose(samplers.guide(cond, uncond, 0.0), uncond)
+    np.testing.assert_allclose(samplers.guide(cond, uncond, 1.0), cond)
+    np.testing.assert_allclose(samplers.guide(cond, uncond, 2.0), [3.0, 3.5])
+
+
+@pytest.mark.parametrize("args,match", [(("euler", 4), "unknown sampler"),
+                                        (("ddim", 0), "steps must be"),
+                                        (("ddim", 1001), "steps must be"),
+                                        (("ddim", 2.5), "steps must be"),
+                                        (("ddim", 4, "cosine"), "unknown time grid")])
+def test_bad_sampler_arguments_are_named(args, match):
+    with pytest.raises(ValueError, match=match):
+        samplers.check_sampler_args(*args)

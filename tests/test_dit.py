@@ -18,7 +18,7 @@ from ldlm.textvae import TextVAE
 from ldlm.train.dit import dit_loss, sample_latents, train_dit
 from ldlm.train.loop import replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
-from tests.helpers import fit, link_stages
+from tests.helpers import fit
 
 CFG = DiTConfig(width=64, heads=2, mlp_dim=128, layers=2)
 
@@ -114,16 +114,6 @@ def test_tiny_dit_overfits_a_fixed_set_of_latents():
           f"{nearest.mean():.3f} (max {nearest.max():.3f}); between training latents "
           f">= {random_distance:.3f}")
     assert nearest.max() < 0.15 * random_distance
-
-
-@pytest.fixture(scope="module")
-def tiny_dit(trained_tiny, tmp_path_factory):
-    """Latents of the tiny VAE run and a tiny DiT trained on them."""
-    cfg, src, _ = trained_tiny
-    run_dir = link_stages(src, tmp_path_factory.mktemp("dit_run"), ("data", "tokenizer", "vae"))
-    latents_lib.run_latents(cfg, run_dir, batch_size=64)
-    result = train_dit(cfg, run_dir)
-    return cfg, run_dir, result
 
 
 def test_latent_cache_matches_the_vae_and_knows_neighbours(tiny_dit):

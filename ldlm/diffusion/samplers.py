@@ -1,9 +1,20 @@
-"""Samplers over a time grid from t = 1 (noise) to t = 0 (clean), as pure functions.
+"""Samplers from t = t_start (1: pure noise) to t = 0 (clean), as pure functions.
 
-A sampler takes `net(z_BxNxD, t_B, self_cond_BxNxD) -> output` (conditioning already bound)
-and runs its whole denoising loop inside `lax.scan`, so one compile serves a given step count
-and batch shape. The previous clean-latent estimate is carried across steps and fed back as
-self-conditioning.
+A sampler takes `net(z_BxNxD, t_B, self_cond_BxNxD) -> output` (conditioning already bound;
+the output is eps, x0 or v per `prediction`) and runs its whole denoising loop inside jit:
+`lax.fori_loop` with the step count as a traced integer, so one compile serves every budget
+from 1 to 1000 for a given batch shape; `trajectory` uses `lax.scan` to keep every step's
+clean-latent estimate. The previous clean-latent estimate is carried across steps and fed
+back as self-conditioning.
+
+- "ddpm": ancestral sampling from the exact Gaussian posterior q(z_s | z_t, x0_hat).
+- "ddim": DDIM (Song et al. 2021); eta = 0 deterministic, eta = 1 the DDPM posterior noise.
+- "dpm++": DPM-Solver++(2M) (Lu et al. 2022), multistep second order in log-SNR, with the
+  first and the final step of first order (the final step jumps to log-SNR 20, where the
+  second-order extrapolation is unstable).
+
+Time grids over [t_start, 0]: "uniform", or "quadratic" (t = t_start (1 - i/steps)^2: large
+steps at high noise, small ones near the data).
 """
 
 from __future__ import annotations
@@ -16,35 +27,106 @@ import jax.numpy as jnp
 from ldlm.diffusion import schedules
 
 Net = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+GRIDS = ("uniform", "quadratic")
+MIN_STEPS, MAX_STEPS = 1, 1000
 
 
-def time_grid(steps: int):
-    """steps + 1 times, uniform from 1 to 0."""
-    return jnp.linspace(1.0, 0.0, steps + 1)
+def check_sampler_args(sampler: str, steps: int, grid: str = "uniform") -> None:
+    """ValueError naming the problem for an unknown sampler / grid or a step count outside
+    [1, 1000] (checked before anything is traced)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if grid not in GRIDS:
+        raise ValueError(f"unknown time grid {grid!r}; choose one of {', '.join(GRIDS)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not (
+            MIN_STEPS <= steps <= MAX_STEPS):
+        raise ValueError(f"steps must be an integer from {MIN_STEPS} to {MAX_STEPS}, got "
+                         f"{steps!r}")
 
 
-def ddim(net: Net, z_T, steps: int, rng, *, schedule: str = "cosine", snr_scale: float = 1.0,
-         prediction: str = "v", eta: float = 0.0):
-    """DDIM (eta = 0: deterministic; eta = 1: ancestral, DDPM-like). Returns z_0 BxNxD."""
-    ts = time_grid(steps)
-    B = z_T.shape[0]
+def time_at(i, steps, grid: str = "uniform", t_start=1.0):
+    """Time of grid point i in 0 .. steps (t_start at i = 0, 0 at i = steps)."""
+    remaining = 1.0 - jnp.asarray(i, jnp.float32) / jnp.asarray(steps, jnp.float32)
+    if grid == "uniform":
+        return t_start * remaining
+    if grid == "quadratic":
+        return t_start * remaining ** 2
+    raise ValueError(f"unknown time grid {grid!r}; choose one of {', '.join(GRIDS)}")
 
+
+def time_grid(steps: int, grid: str = "uniform", t_start: float = 1.0):
+    """All steps + 1 grid times, from t_start down to 0."""
+    return time_at(jnp.arange(steps + 1), steps, grid, t_start)
+
+
+def _update(sampler: str, z, x0, eps, x0_prev, h_prev, first, last, ls_t, ls_s, key, eta):
+    """z at the next time s from the estimates at the current time t; also returns h."""
+    a_t, s_t = schedules.alpha_sigma(ls_t)
+    a_s, s_s = schedules.alpha_sigma(ls_s)
+    # Fraction of the variance at t that is fresh relative to s: 1 - SNR_t / SNR_s.
+    fresh = -jnp.expm1(jnp.minimum(ls_t - ls_s, 0.0))
+    h = 0.5 * (ls_s - ls_t)  # step in lambda = log(alpha / sigma)
+    if sampler == "ddim":
+        c = eta * s_s * jnp.sqrt(fresh)  # eta = 1: the DDPM posterior standard deviation
+        z_s = a_s * x0 + jnp.sqrt(jnp.maximum(s_s ** 2 - c ** 2, 0.0)) * eps
+        return z_s + c * jax.random.normal(key, z.shape), h
+    if sampler == "ddpm":
+        # posterior mean: (SNR_t / SNR_s) (alpha_s / alpha_t) z_t + alpha_s fresh x0
+        keep = jnp.exp(jnp.minimum(ls_t - ls_s, 0.0)) * a_s / a_t
+        z_s = keep * z + a_s * fresh * x0
+        return z_s + s_s * jnp.sqrt(fresh) * jax.random.normal(key, z.shape), h
+    if sampler == "dpm++":
+        r = h_prev / jnp.where(h == 0, 1.0, h)
+        second = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+        d = jnp.where(first | last, x0, second)
+        return (s_s / s_t) * z - a_s * jnp.expm1(-h) * d, h
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def _step_fn(net: Net, sampler: str, steps, *, schedule, snr_scale, prediction, eta, grid,
+             t_start):
     def step(carry, i):
-        z, x0_prev, key = carry
+        z, x0_prev, h_prev, key = carry
         key, k_noise = jax.random.split(key)
-        t, s = ts[i], ts[i + 1]
-        a_t, s_t = schedules.alpha_sigma(schedules.logsnr(t, schedule, snr_scale))
-        a_s, s_s = schedules.alpha_sigma(schedules.logsnr(s, schedule, snr_scale))
-        out = net(z, jnp.full((B,), t), x0_prev)
+        t, s = time_at(i, steps, grid, t_start), time_at(i + 1, steps, grid, t_start)
+        ls_t = schedules.logsnr(t, schedule, snr_scale)
+        ls_s = schedules.logsnr(s, schedule, snr_scale)
+        a_t, s_t = schedules.alpha_sigma(ls_t)
+        out = net(z, jnp.full((z.shape[0],), t), x0_prev)
         x0 = schedules.to_x0(prediction, out, z, a_t, s_t)
         eps = schedules.to_eps(prediction, out, z, a_t, s_t)
-        # DDIM noise level: eta * sqrt(sigma_s^2 / sigma_t^2 * (1 - alpha_t^2 sigma_s^2 /
-        # (alpha_s^2 sigma_t^2)))
-        ratio = jnp.clip(1.0 - (a_t * s_s) ** 2 / jnp.maximum((a_s * s_t) ** 2, 1e-20), 0.0, 1.0)
-        c = eta * (s_s / s_t) * jnp.sqrt(ratio)
-        z = a_s * x0 + jnp.sqrt(jnp.maximum(s_s ** 2 - c ** 2, 0.0)) * eps \
-            + c * jax.random.normal(k_noise, z.shape)
-        return (z, x0, key), None
+        z, h = _update(sampler, z, x0, eps, x0_prev, h_prev, i == 0, i == steps - 1, ls_t,
+                       ls_s, k_noise, eta)
+        return (z, x0, h, key), x0
 
-    (z, _, _), _ = jax.lax.scan(step, (z_T, jnp.zeros_like(z_T), rng), jnp.arange(steps))
+    return step
+
+
+def sample(net: Net, z_BxNxD, steps, rng, *, sampler: str = "ddim", schedule: str = "cosine",
+           snr_scale: float = 1.0, prediction: str = "v", eta: float = 0.0,
+           grid: str = "uniform", t_start=1.0, trajectory: bool = False):
+    """Denoises z (noise at t_start) in `steps` steps; returns z_0 BxNxD, or with
+    `trajectory` (steps must then be a Python int) the clean-latent estimate of every step,
+    steps x B x N x D, whose last entry is followed by z_0: (z_0, estimates)."""
+    step = _step_fn(net, sampler, steps, schedule=schedule, snr_scale=snr_scale,
+                    prediction=prediction, eta=eta, grid=grid, t_start=t_start)
+    init = (z_BxNxD, jnp.zeros_like(z_BxNxD), jnp.float32(1.0), rng)
+    if trajectory:
+        (z, _, _, _), estimates = jax.lax.scan(step, init, jnp.arange(steps))
+        return z, estimates
+    z, _, _, _ = jax.lax.fori_loop(0, steps, lambda i, c: step(c, i)[0], init)
     return z
+
+
+def ddim(net: Net, z_T, steps, rng, *, schedule: str = "cosine", snr_scale: float = 1.0,
+         prediction: str = "v", eta: float = 0.0, grid: str = "uniform"):
+    """DDIM from pure noise; returns z_0 BxNxD."""
+    return sample(net, z_T, steps, rng, sampler="ddim", schedule=schedule,
+                  snr_scale=snr_scale, prediction=prediction, eta=eta, grid=grid)
+
+
+def guide(cond, uncond, scale):
+    """Classifier-free guidance: uncond + scale * (cond - uncond); scale 0 gives the
+    unconditional output, 1 the conditional one, > 1 extrapolates towards the condition."""
+    return uncond + scale * (cond - uncond)

@@ -8,18 +8,23 @@
   noisy input (zeros when there is none).
 - Class conditioning with a learned null label (index num_classes) for classifier-free
   guidance.
-- Document context: the latents of the previous block (continuation) and of the next block
-  (infilling) enter as extra tokens in the same sequence, each with its own segment
-  embedding; an absent neighbour is masked out of attention, so it contributes nothing.
+- Document context (`use_context`): the latents of the previous block (continuation) and of
+  the next block (infilling) enter as extra tokens in the same sequence, each with its own
+  segment embedding; an absent neighbour is masked out of attention, so it contributes
+  nothing. Each group of `context_pool` consecutive neighbour latents becomes one token
+  (M = N / context_pool tokens per neighbour), which keeps the sequence short. Without
+  `use_context` the sequence is the current block alone and neighbour inputs are ignored.
 
-Sequence: [prev (N) | current (N) | next (N)], RoPE positions 0 .. 3N-1.
-Shape letters: B batch, N latents, D latent width, W model width, T = 3N.
+Sequence: [prev (M) | current (N) | next (M)], RoPE positions 0 .. T-1.
+Shape letters: B batch, N latents, D latent width, W model width, M context tokens per
+neighbour, T = N + 2M (or N without context).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import nnx
 
 from ldlm.config import DiTConfig
@@ -68,8 +73,12 @@ class DiT(nnx.Module):
                                                                    num_classes, dtype)
         self.in_proj = layers.Dense(2 * latent_dim, W, rngs=rngs, names=("latent", "embed"),
                                     use_bias=True, dtype=dtype)
-        self.ctx_proj = layers.Dense(latent_dim, W, rngs=rngs, names=("latent", "embed"),
-                                     use_bias=True, dtype=dtype)
+        if cfg.use_context:
+            if num_latents % cfg.context_pool:
+                raise ValueError(f"dit.context_pool {cfg.context_pool} must divide the "
+                                 f"number of latents {num_latents}")
+            self.ctx_proj = layers.Dense(cfg.context_pool * latent_dim, W, rngs=rngs,
+                                        names=("latent", "embed"), use_bias=True, dtype=dtype)
         self.segment = layers.param(rngs, layers.normal(0.02), (3, W), (None, "embed"))
         self.time_mlp1 = layers.Dense(W, W, rngs=rngs, names=("embed", "mlp"), use_bias=True,
                                       dtype=dtype)
@@ -97,30 +106,46 @@ class DiT(nnx.Module):
             self_cond_BxNxD = jnp.zeros_like(z_BxNxD)
         if label_B is None:
             label_B = jnp.full((B,), self.null_label, jnp.int32)
-        absent = jnp.zeros((B,), bool)
-        zeros = jnp.zeros_like(z_BxNxD)
-        has_prev_B = absent if has_prev_B is None else has_prev_B
-        has_next_B = absent if has_next_B is None else has_next_B
-        prev_BxNxD = zeros if prev_BxNxD is None else prev_BxNxD
-        next_BxNxD = zeros if next_BxNxD is None else next_BxNxD
-
         x = self.in_proj(jnp.concatenate([z_BxNxD, self_cond_BxNxD], -1))
         seg = self.segment[...].astype(x.dtype)
-        prev = self.ctx_proj(prev_BxNxD) + seg[0][None, None, :]
-        nxt = self.ctx_proj(next_BxNxD) + seg[2][None, None, :]
-        x = jnp.concatenate([prev, x + seg[1][None, None, :], nxt], axis=1)  # BxTxW
-        present_BxT = jnp.concatenate([
-            jnp.broadcast_to(has_prev_B[:, None], (B, N)), jnp.ones((B, N), bool),
-            jnp.broadcast_to(has_next_B[:, None], (B, N))], axis=1)
-        # every query attends to the present tokens only (an absent neighbour is invisible)
-        mask_BxTxT = jnp.broadcast_to(present_BxT[:, None, :], (B, 3 * N, 3 * N))
+        x = x + seg[1][None, None, :]
+        mask_BxTxT = None
+        if self.cfg.use_context:
+            x, mask_BxTxT = self._with_context(x, prev_BxNxD, has_prev_B, next_BxNxD,
+                                               has_next_B, seg)
 
         temb = timestep_embedding(t_B, self.cfg.width)
         c = self.time_mlp2(jax.nn.silu(self.time_mlp1(temb)))
         c = c + jnp.take(self.class_embed[...], label_B, axis=0).astype(c.dtype)
         for block in self.blocks:
             x = block(x, c, mask_BxTxT)
-        x = x[:, N:2 * N]
+        if self.cfg.use_context:
+            M = N // self.cfg.context_pool
+            x = x[:, M:M + N]
         shift, scale = jnp.split(self.final_ada(jax.nn.silu(c)).astype(x.dtype), 2, axis=-1)
         out = self.out_proj(modulate(layers.rms_normalize(x), shift, scale))
         return out.astype(jnp.float32)
+
+    def _with_context(self, x_BxNxW, prev_BxNxD, has_prev_B, next_BxNxD, has_next_B, seg):
+        """[prev | current | next] tokens BxTxW and the attention mask hiding absent ones."""
+        B, N, _ = x_BxNxW.shape
+        M = N // self.cfg.context_pool
+        absent = jnp.zeros((B,), bool)
+        zeros = jnp.zeros((B, N, self.D), x_BxNxW.dtype)
+        has_prev_B = absent if has_prev_B is None else has_prev_B
+        has_next_B = absent if has_next_B is None else has_next_B
+        prev_BxNxD = zeros if prev_BxNxD is None else prev_BxNxD
+        next_BxNxD = zeros if next_BxNxD is None else next_BxNxD
+
+        def tokens(z_BxNxD, segment):
+            pooled = rearrange(z_BxNxD, "B (M P) D -> B M (P D)", P=self.cfg.context_pool)
+            return self.ctx_proj(pooled) + segment[None, None, :]
+
+        x = jnp.concatenate([tokens(prev_BxNxD, seg[0]), x_BxNxW, tokens(next_BxNxD, seg[2])],
+                            axis=1)
+        present_BxT = jnp.concatenate([
+            jnp.broadcast_to(has_prev_B[:, None], (B, M)), jnp.ones((B, N), bool),
+            jnp.broadcast_to(has_next_B[:, None], (B, M))], axis=1)
+        T = N + 2 * M
+        # every query attends to the present tokens only (an absent neighbour is invisible)
+        return x, jnp.broadcast_to(present_BxT[:, None, :], (B, T, T))

@@ -24,6 +24,7 @@ from ldlm import rundir
 from ldlm.config import Config, DiTConfig
 from ldlm.data import latents as latents_lib
 from ldlm.diffusion import samplers, schedules
+from ldlm.errors import ConfigError
 from ldlm.mesh import make_mesh
 from ldlm.models.dit import DiT
 from ldlm.train.loop import Task, TrainResult, train
@@ -31,7 +32,8 @@ from ldlm.train.vae import compute_dtype
 
 log = logging.getLogger("ldlm.dit")
 STAGE = "dit"
-ARCHITECTURE = ("width", "heads", "mlp_dim", "layers")
+RESULT_FILE = "result.json"
+ARCHITECTURE = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool")
 
 
 def conditioning(batch, model: DiT, cfg: DiTConfig, rng, train: bool) -> dict:
@@ -139,6 +141,9 @@ def sample_dump_hook(cfg: Config, run_dir, label_names, per_label: int = 1):
 def dit_task(cfg: Config, run_dir, mesh, with_samples: bool = True) -> Task:
     meta = latents_lib.read_meta(run_dir)  # MissingStageError -> make latents
     N, D = meta["num_latents"], meta["latent_dim"]
+    if cfg.dit.use_context and N % cfg.dit.context_pool:
+        raise ConfigError(f"dit.context_pool={cfg.dit.context_pool} must divide the VAE's "
+                          f"number of latents ({N})")
     label_names = meta["label_names"]
 
     def loss_fn(model, batch, rng, step, train):
@@ -164,9 +169,13 @@ def train_dit(cfg: Config, run_dir, with_samples: bool = True) -> TrainResult:
 
 
 def run_dit(cfg: Config, run_dir) -> dict:
-    """`make dit`: train (or resume) the DiT, dump samples; returns final validation loss."""
+    """`make dit`: train (or resume) the DiT, dump samples; writes and returns the training
+    time and final validation loss (dit/result.json)."""
     result = train_dit(cfg, run_dir)
     from ldlm.metrics import read_metrics
     rows = [r for r in read_metrics(rundir.stage_dir(run_dir, STAGE))
             if r["split"] == "validation"]
-    return {"train_seconds": round(result.seconds, 1), "validation": rows[-1] if rows else {}}
+    out = {"train_seconds": round(result.seconds, 1), "validation": rows[-1] if rows else {}}
+    if rundir.is_main_process():  # written last: its presence means the stage finished
+        rundir.write_json_atomic(rundir.stage_dir(run_dir, STAGE) / RESULT_FILE, out)
+    return out

@@ -1,0 +1,315 @@
+"""Text generation from a trained run, with a step budget chosen at call time.
+
+    pipe = LatentDiffusionPipeline.from_pretrained("runs/bbc_news_cpu")
+    pipe.generate(n=4, steps=16, sampler="dpm++", label="sport", guidance=2.0, seed=0)
+
+Every call samples normalised latents with the DiT (EMA weights), un-normalises them with
+the latent cache's per-dimension statistics and decodes them with the VAE. The denoising
+loop is jitted once per (sampler, grid, guided or not, batch shape): the step count, the
+guidance scale, eta and the start time are traced, so changing them never recompiles.
+
+- `generate`: unconditional or class-conditional (classifier-free guidance), optionally
+  continuing a prompt, block after block (`num_blocks`); a sample that emits EOS stops.
+- `infill`: the block between two texts.
+- `edit`: re-noise the latents of texts to `strength` and denoise again (SDEdit).
+- `trajectory`: the decoded clean-text estimate at every step.
+Continuation and infilling need a DiT trained with `dit.use_context=true`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ldlm.data import latents as latents_lib
+from ldlm.data.tokenizer import EOS_ID
+from ldlm.diffusion import samplers, schedules
+from ldlm.errors import LdlmError
+from ldlm.loading import load_stage_model, stage_config
+from ldlm.textvae import TextVAE
+
+
+class PipelineError(LdlmError):
+    """A generation request that cannot be served (bad argument, missing capability)."""
+
+
+@dataclasses.dataclass
+class _Context:
+    """Neighbour latents (normalised) for a batch; zeros and False where absent."""
+    prev_BxNxD: np.ndarray
+    has_prev_B: np.ndarray
+    next_BxNxD: np.ndarray
+    has_next_B: np.ndarray
+
+    @classmethod
+    def empty(cls, B: int, N: int, D: int) -> "_Context":
+        z = np.zeros((B, N, D), np.float32)
+        return cls(z, np.zeros(B, bool), z.copy(), np.zeros(B, bool))
+
+    def arrays(self) -> dict:
+        return {k: jnp.asarray(v) for k, v in dataclasses.asdict(self).items()}
+
+
+class LatentDiffusionPipeline:
+    def __init__(self, cfg, dit: nnx.Module, vae: TextVAE, mean_D, std_D,
+                 label_names: Sequence[str]):
+        self.cfg, self.vae = cfg, vae
+        self.label_names = list(label_names)
+        self.N, self.D = dit.N, dit.D
+        self._null = dit.null_label
+        self._mean, self._std = np.asarray(mean_D, np.float32), np.asarray(std_D, np.float32)
+        self._graphdef, self._params = nnx.split(dit)
+        self._jitted: dict = {}
+
+    @classmethod
+    def from_pretrained(cls, run_dir, *, step: int | None = None,
+                        ema: bool = True) -> "LatentDiffusionPipeline":
+        """The DiT of `run_dir` (newest checkpoint unless `step`) with its VAE and latent
+        statistics; a missing stage is an error naming the make target that produces it."""
+        from ldlm.train.dit import build_dit
+
+        run_dir = pathlib.Path(run_dir)
+        cfg = stage_config(run_dir, "dit", "a trained DiT")
+        meta = latents_lib.read_meta(run_dir)
+        mean, std = latents_lib.read_stats(run_dir)
+        names = meta["label_names"]
+        dit = load_stage_model(
+            run_dir, "dit", build_dit(cfg, meta["num_latents"], meta["latent_dim"],
+                                      max(1, len(names))),
+            cfg.dit_train, cfg.seed, step=step, ema=ema)
+        return cls(cfg, dit, TextVAE.from_run(run_dir), mean, std, names)
+
+    @property
+    def has_context(self) -> bool:
+        return self.cfg.dit.use_context
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
+                 guidance: float = 1.0, label: str | Sequence[str] | None = None,
+                 prompt: str | None = None, num_blocks: int = 1, seed: int = 0,
+                 eta: float = 0.0, grid: str = "uniform") -> list[str]:
+        """n texts of `num_blocks` blocks each (fewer where a sample ends with EOS). With a
+        prompt, the texts continue it (the prompt itself is not repeated)."""
+        self._check(n=n, steps=steps, sampler=sampler, grid=grid, num_blocks=num_blocks)
+        labels = self._labels(label, n)
+        ctx = _Context.empty(n, self.N, self.D)
+        if prompt is not None:
+            self._need_context("continuing a prompt")
+            ctx.prev_BxNxD[:] = self._last_block(prompt, "prompt")
+            ctx.has_prev_B[:] = True
+        key = jax.random.PRNGKey(seed)
+        tokens = [[] for _ in range(n)]
+        done = np.zeros(n, bool)
+        for b in range(num_blocks):
+            z = self._denoise(jax.random.fold_in(key, b), n, steps, sampler, grid, labels,
+                              guidance, ctx, eta)
+            for i, ids in enumerate(self._block_tokens(z)):
+                if not done[i]:
+                    tokens[i].extend(ids)
+                    done[i] = EOS_ID in ids
+            if done.all() or b == num_blocks - 1:
+                break
+            ctx.prev_BxNxD[:], ctx.has_prev_B[:] = z, True
+        return [self.vae.tokenizer.decode(t) for t in tokens]
+
+    def infill(self, before: str, after: str, n: int = 1, steps: int = 16,
+               sampler: str = "dpm++", guidance: float = 1.0, label=None, seed: int = 0,
+               eta: float = 0.0, grid: str = "uniform") -> list[str]:
+        """n candidate blocks to go between `before` and `after`."""
+        self._check(n=n, steps=steps, sampler=sampler, grid=grid)
+        self._need_context("infilling")
+        ctx = _Context.empty(n, self.N, self.D)
+        ctx.prev_BxNxD[:], ctx.has_prev_B[:] = self._last_block(before, "before"), True
+        ctx.next_BxNxD[:], ctx.has_next_B[:] = self._first_block(after, "after"), True
+        z = self._denoise(jax.random.PRNGKey(seed), n, steps, sampler, grid,
+                          self._labels(label, n), guidance, ctx, eta)
+        return [self.vae.tokenizer.decode(ids) for ids in self._block_tokens(z)]
+
+    def edit(self, texts: str | Sequence[str], strength: float = 0.5, steps: int = 16,
+             sampler: str = "ddim", guidance: float = 1.0, label=None, seed: int = 0,
+             eta: float = 0.0, grid: str = "uniform") -> list[str]:
+        """Each text re-noised to time `strength` in [0, 1] and denoised in `steps` steps
+        (long texts block by block, each seeing its original neighbours when the model uses
+        context). Strength 0 returns the texts unchanged; 1 keeps nothing of them."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        self._check(n=len(texts), steps=steps, sampler=sampler, grid=grid)
+        if not 0.0 <= strength <= 1.0:
+            raise PipelineError(f"strength must be in [0, 1], got {strength}")
+        if strength == 0.0:
+            return texts
+        owners, x0, ctx = self._text_blocks(texts)
+        B = len(owners)
+        labels = self._labels(label, len(texts))[owners]
+        key = jax.random.PRNGKey(seed)
+        a, s = schedules.alpha_sigma(schedules.logsnr(strength, self.cfg.dit.schedule,
+                                                      self.cfg.dit.snr_scale))
+        z = a * x0 + s * jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
+        out = self._run(key, z, steps, sampler, grid, labels, guidance, ctx, eta, strength)
+        tokens = [[] for _ in texts]
+        for owner, ids in zip(owners, self._block_tokens(np.asarray(out)[:B])):
+            tokens[owner].extend(ids)
+        return [self.vae.tokenizer.decode(t) for t in tokens]
+
+    def trajectory(self, n: int = 1, steps: int = 16, sampler: str = "dpm++",
+                   guidance: float = 1.0, label=None, seed: int = 0, eta: float = 0.0,
+                   grid: str = "uniform") -> list[list[str]]:
+        """The decoded clean-latent estimate after each step: steps lists of n texts; the
+        last is what `generate` returns for the same arguments."""
+        self._check(n=n, steps=steps, sampler=sampler, grid=grid)
+        labels = self._labels(label, n)
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+        z_T = jax.random.normal(key, (n, self.N, self.D))
+        guided = self._guided(labels, guidance)
+        fn = jax.jit(self._denoiser(sampler, grid, guided, trajectory_steps=steps))
+        z, estimates = fn(self._params, z_T, steps, jax.random.fold_in(key, 2),
+                          jnp.asarray(labels), jnp.float32(guidance),
+                          _Context.empty(n, self.N, self.D).arrays(), jnp.float32(1.0),
+                          jnp.float32(eta))
+        estimates = np.asarray(estimates)
+        out = [self.decode(e) for e in estimates[:-1]]
+        return out + [self.decode(np.asarray(z))]
+
+    def sample_latents(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
+                       guidance: float = 1.0, label=None, seed: int = 0, eta: float = 0.0,
+                       grid: str = "uniform") -> np.ndarray:
+        """n normalised latent blocks, n x N x D (decode them with `decode`)."""
+        self._check(n=n, steps=steps, sampler=sampler, grid=grid)
+        return self._denoise(jax.random.fold_in(jax.random.PRNGKey(seed), 0), n, steps,
+                             sampler, grid, self._labels(label, n), guidance,
+                             _Context.empty(n, self.N, self.D), eta)
+
+    def decode(self, z_BxNxD) -> list[str]:
+        """Texts of normalised latent blocks."""
+        return [self.vae.tokenizer.decode(ids) for ids in self._block_tokens(z_BxNxD)]
+
+    # ------------------------------------------------------------------ denoising
+    def _denoiser(self, sampler: str, grid: str, guided: bool, trajectory_steps=None):
+        dcfg, graphdef, null = self.cfg.dit, self._graphdef, self._null
+
+        def run(params, z, steps, key, label_B, guidance, ctx, t_start, eta):
+            model = nnx.merge(graphdef, params)
+
+            def net(z, t, sc):
+                if not guided:
+                    return model(z, t, self_cond_BxNxD=sc, label_B=label_B, **ctx)
+                two = lambda x: jnp.concatenate([x, x])  # noqa: E731
+                out = model(two(z), two(t), self_cond_BxNxD=two(sc),
+                            label_B=jnp.concatenate([label_B, jnp.full_like(label_B, null)]),
+                            **{k: two(v) for k, v in ctx.items()})
+                cond, uncond = jnp.split(out, 2)
+                return samplers.guide(cond, uncond, guidance)
+
+            return samplers.sample(
+                net, z, trajectory_steps or steps, key, sampler=sampler,
+                schedule=dcfg.schedule, snr_scale=dcfg.snr_scale, prediction=dcfg.prediction,
+                eta=eta, grid=grid, t_start=t_start, trajectory=trajectory_steps is not None)
+
+        return run
+
+    def _run(self, key, z, steps, sampler, grid, labels, guidance, ctx: _Context, eta,
+             t_start=1.0):
+        guided = self._guided(labels, guidance)
+        cache_key = (sampler, grid, guided)
+        if cache_key not in self._jitted:
+            self._jitted[cache_key] = jax.jit(self._denoiser(sampler, grid, guided))
+        return self._jitted[cache_key](
+            self._params, jnp.asarray(z, jnp.float32), jnp.int32(steps),
+            jax.random.fold_in(key, 2), jnp.asarray(labels), jnp.float32(guidance),
+            ctx.arrays(), jnp.float32(t_start), jnp.float32(eta))
+
+    def _denoise(self, key, n, steps, sampler, grid, labels, guidance, ctx, eta) -> np.ndarray:
+        z_T = jax.random.normal(key, (n, self.N, self.D))
+        return np.asarray(self._run(key, z_T, steps, sampler, grid, labels, guidance, ctx,
+                                    eta))
+
+    def _guided(self, labels, guidance) -> bool:
+        return bool(guidance != 1.0 and (labels != self._null).any())
+
+    # ------------------------------------------------------------------ text <-> latents
+    def _normalise(self, z_BxNxD) -> np.ndarray:
+        return ((z_BxNxD - self._mean) / self._std).astype(np.float32)
+
+    def _block_tokens(self, z_BxNxD) -> list[list[int]]:
+        """Token ids of each normalised latent block: real positions, through the first EOS."""
+        tokens, real = self.vae.decode_tokens(np.asarray(z_BxNxD) * self._std + self._mean)
+        out = []
+        for t, m in zip(tokens, real):
+            ids = [int(i) for i in t[m]]
+            out.append(ids[:ids.index(EOS_ID) + 1] if EOS_ID in ids else ids)
+        return out
+
+    def _encode_blocks(self, text: str, what: str, eos: bool) -> np.ndarray:
+        if not isinstance(text, str) or not text.strip():
+            raise PipelineError(f"the {what} text is empty")
+        blocks = self.vae.blocks(text, eos=eos)
+        if not blocks:
+            raise PipelineError(f"the {what} text has no tokens")
+        return self._normalise(self.vae.encode_tokens(self.vae.pad(blocks)[0]))
+
+    def _last_block(self, text: str, what: str) -> np.ndarray:
+        return self._encode_blocks(text, what, eos=False)[-1]
+
+    def _first_block(self, text: str, what: str) -> np.ndarray:
+        return self._encode_blocks(text, what, eos=True)[0]
+
+    def _text_blocks(self, texts: Sequence[str]):
+        """All blocks of all texts: owner index per block, normalised latents, context."""
+        owners, zs, prev, has_prev, nxt, has_next = [], [], [], [], [], []
+        for i, text in enumerate(texts):
+            z = self._encode_blocks(text, f"text {i}", eos=True)
+            K = len(z)
+            for k in range(K):
+                owners.append(i)
+                zs.append(z[k])
+                prev.append(z[k - 1] if k > 0 else np.zeros_like(z[k]))
+                nxt.append(z[k + 1] if k + 1 < K else np.zeros_like(z[k]))
+                has_prev.append(k > 0 and self.has_context)
+                has_next.append(k + 1 < K and self.has_context)
+        ctx = _Context(np.stack(prev), np.array(has_prev), np.stack(nxt), np.array(has_next))
+        return np.array(owners), np.stack(zs), ctx
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, *, n: int, steps, sampler: str, grid: str, num_blocks: int = 1) -> None:
+        try:
+            samplers.check_sampler_args(sampler, steps, grid)
+        except ValueError as e:
+            raise PipelineError(str(e)) from None
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PipelineError(f"n must be a positive integer, got {n!r}")
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+            raise PipelineError(f"num_blocks must be a positive integer, got {num_blocks!r}")
+        if num_blocks > 1 and not self.has_context:
+            self._need_context("generating more than one block")
+
+    def _need_context(self, what: str) -> None:
+        if not self.has_context:
+            raise PipelineError(
+                f"{what} needs a DiT trained with neighbouring-block context; this run was "
+                "trained with dit.use_context=false (retrain with "
+                "SET=\"dit.use_context=true\")")
+
+    def _labels(self, label, n: int) -> np.ndarray:
+        """Label indices n (the null label where unconditional)."""
+        if label is None:
+            return np.full(n, self._null, np.int32)
+        names = [label] * n if isinstance(label, str) else list(label)
+        if len(names) != n:
+            raise PipelineError(f"got {len(names)} labels for n={n} samples")
+        if not self.label_names:
+            raise PipelineError("this run's data set has no labels; call without label=")
+        out = []
+        for name in names:
+            if name is None:
+                out.append(self._null)
+            elif name not in self.label_names:
+                raise PipelineError(f"unknown label {name!r}; this run knows "
+                                    f"{', '.join(self.label_names)}")
+            else:
+                out.append(self.label_names.index(name))
+        return np.asarray(out, np.int32)
