@@ -122,6 +122,19 @@ class DiTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ARConfig:
+    """Autoregressive baseline LM (ldlm/models/ar.py): a causal transformer on the same
+    blocks, sized to match the DiT plus the VAE decoder."""
+
+    width: int = 256
+    heads: int = 4
+    mlp_dim: int = 768
+    layers: int = 8
+    temperature: float = 1.0  # sampling
+    top_p: float = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run: optimiser, schedule, precision, checkpoints, logging."""
 
@@ -154,6 +167,8 @@ class Config:
     vae_train: TrainConfig = TrainConfig()
     dit: DiTConfig = DiTConfig()
     dit_train: TrainConfig = TrainConfig(lr=1e-3, ema_decay=0.999)
+    ar: ARConfig = ARConfig()
+    ar_train: TrainConfig = TrainConfig(lr=1e-3)
 
     # ------------------------------------------------------------------ construction
     def replace(self, **changes) -> "Config":
@@ -241,7 +256,14 @@ class Config:
         if not budgets or not all(1 <= b <= 1000 for b in budgets):
             raise ConfigError(f"dit.sample_steps={t.sample_steps!r} must be comma-separated "
                               "step counts in 1..1000")
-        for name in ("vae_train", "dit_train"):
+        a = self.ar
+        if a.width % a.heads or (a.width // a.heads) % 2:
+            raise ConfigError(f"ar.width={a.width} must split into ar.heads={a.heads} heads "
+                              "of even width (RoPE)")
+        if a.temperature < 0 or not 0 < a.top_p <= 1:
+            raise ConfigError(f"ar.temperature={a.temperature} must be >= 0 and "
+                              f"ar.top_p={a.top_p} in (0, 1]")
+        for name in ("vae_train", "dit_train", "ar_train"):
             t = getattr(self, name)
             if t.compute_dtype not in ("float32", "bfloat16"):
                 raise ConfigError(f"{name}.compute_dtype={t.compute_dtype!r} is not one of "
@@ -382,7 +404,10 @@ def preset_config(preset: str) -> Config:
                                   eval_batches=2),
             dit=DiTConfig(width=64, heads=2, mlp_dim=128, layers=2, sample_steps="5"),
             dit_train=TrainConfig(steps=40, lr=2e-3, ema_decay=0.9, checkpoint_every=20,
-                                  log_every=10, eval_batches=2))
+                                  log_every=10, eval_batches=2),
+            ar=ARConfig(width=64, heads=2, mlp_dim=128, layers=2),
+            ar_train=TrainConfig(steps=30, lr=3e-3, checkpoint_every=15, log_every=10,
+                                 eval_batches=2))
     if preset == "cpu":
         return Config(
             preset="cpu",
@@ -396,7 +421,11 @@ def preset_config(preset: str) -> Config:
                                   eval_batches=8),
             dit=DiTConfig(width=256, heads=4, mlp_dim=768, layers=4),
             dit_train=TrainConfig(steps=1500, lr=1e-3, ema_decay=0.999, checkpoint_every=500,
-                                  log_every=50, eval_every=500, eval_batches=8))
+                                  log_every=50, eval_every=500, eval_batches=8),
+            # about the DiT's plus the VAE decoder's parameters (8.8M vs 5.3M + 3.6M)
+            ar=ARConfig(width=256, heads=4, mlp_dim=768, layers=8),
+            ar_train=TrainConfig(steps=600, lr=1e-3, checkpoint_every=200, log_every=20,
+                                 eval_every=200, eval_batches=8))
     return Config(
         preset="base",
         data=DataConfig(block_len=128, batch_size=256),
@@ -409,7 +438,11 @@ def preset_config(preset: str) -> Config:
         dit=DiTConfig(width=768, heads=12, mlp_dim=2048, layers=12, sample_every=10_000),
         dit_train=TrainConfig(steps=200_000, lr=3e-4, warmup_frac=0.01, ema_decay=0.9999,
                               compute_dtype="bfloat16", checkpoint_every=5000, log_every=100,
-                              eval_every=5000, eval_batches=32))
+                              eval_every=5000, eval_batches=32),
+        ar=ARConfig(width=768, heads=12, mlp_dim=2048, layers=16),
+        ar_train=TrainConfig(steps=100_000, lr=3e-4, warmup_frac=0.01,
+                             compute_dtype="bfloat16", checkpoint_every=5000, log_every=100,
+                             eval_every=5000, eval_batches=32))
 
 
 EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"

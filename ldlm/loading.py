@@ -16,7 +16,7 @@ from flax import nnx
 from ldlm import rundir
 from ldlm.checkpoint import Checkpointer
 from ldlm.config import Config, MeshConfig, TrainConfig
-from ldlm.errors import MissingStageError
+from ldlm.errors import LdlmError, MissingStageError
 from ldlm.mesh import PARAM_RULES, make_mesh
 from ldlm.train.state import init_state, make_optimizer
 
@@ -45,7 +45,14 @@ def load_stage_model(run_dir, stage: str, build: Callable[[nnx.Rngs], nnx.Module
     try:
         if ckpt.latest_step() is None:
             raise MissingStageError(f"a {stage} checkpoint", ckpt.directory, stage)
-        state, _, _ = ckpt.restore(like, step)
+        try:
+            state, _, _ = ckpt.restore(like, step)
+        except ValueError as e:  # Orbax: the tree or shapes differ from what the config builds
+            raise LdlmError(
+                f"the {stage} checkpoint in {ckpt.directory} does not match the model its "
+                f"config.json builds (written by an incompatible version of the {stage} "
+                f"model?); retrain with `make {stage}`. Orbax said: "
+                f"{str(e).splitlines()[0]}") from None
     finally:
         ckpt.close()
     weights = state.ema if (ema and state.ema is not None) else state.params

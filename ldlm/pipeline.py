@@ -96,6 +96,16 @@ class LatentDiffusionPipeline:
                  eta: float = 0.0, grid: str = "uniform") -> list[str]:
         """n texts of `num_blocks` blocks each (fewer where a sample ends with EOS). With a
         prompt, the texts continue it (the prompt itself is not repeated)."""
+        tokens = self.generate_tokens(n=n, steps=steps, sampler=sampler, guidance=guidance,
+                                      label=label, prompt=prompt, num_blocks=num_blocks,
+                                      seed=seed, eta=eta, grid=grid)
+        return [self.vae.tokenizer.decode(t) for t in tokens]
+
+    def generate_tokens(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
+                        guidance: float = 1.0, label=None, prompt: str | None = None,
+                        num_blocks: int = 1, seed: int = 0, eta: float = 0.0,
+                        grid: str = "uniform") -> list[list[int]]:
+        """`generate` as token ids (through the first EOS, where a sample has one)."""
         self._check(n=n, steps=steps, sampler=sampler, grid=grid, num_blocks=num_blocks)
         labels = self._labels(label, n)
         ctx = _Context.empty(n, self.N, self.D)
@@ -113,10 +123,10 @@ class LatentDiffusionPipeline:
                 if not done[i]:
                     tokens[i].extend(ids)
                     done[i] = EOS_ID in ids
-            if done.all() or b == num_blocks - 1:
+            if done.all():
                 break
             ctx.prev_BxNxD[:], ctx.has_prev_B[:] = z, True
-        return [self.vae.tokenizer.decode(t) for t in tokens]
+        return tokens
 
     def infill(self, before: str, after: str, n: int = 1, steps: int = 16,
                sampler: str = "dpm++", guidance: float = 1.0, label=None, seed: int = 0,

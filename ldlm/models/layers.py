@@ -105,23 +105,43 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(self.head_dim, rngs=rngs, names=("kv",))
         self.k_norm = RMSNorm(self.head_dim, rngs=rngs, names=("kv",))
 
-    def __call__(self, x_BxTxD, *, positions_T=None, mask_BxTxT=None):
+    def _qkv(self, x_BxTxD, positions_T):
         dt = self.dtype
         x = x_BxTxD.astype(dt)
         q = jnp.einsum("BTD,DHK->BTHK", x, self.wq[...].astype(dt))
         k = jnp.einsum("BTD,DHK->BTHK", x, self.wk[...].astype(dt))
         v = jnp.einsum("BTD,DHK->BTHK", x, self.wv[...].astype(dt))
         q, k = self.q_norm(q), self.k_norm(k)
-        if positions_T is None:
-            positions_T = jnp.arange(x.shape[1])
-        q, k = rope(q, positions_T, self.rope_base), rope(k, positions_T, self.rope_base)
-        logits = jnp.einsum("BTHK,BSHK->BHTS", q, k).astype(jnp.float32) / jnp.sqrt(
-            jnp.float32(self.head_dim))
-        if mask_BxTxT is not None:
-            logits = jnp.where(mask_BxTxT[:, None, :, :], logits, jnp.finfo(jnp.float32).min)
+        return rope(q, positions_T, self.rope_base), rope(k, positions_T, self.rope_base), v
+
+    def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS):
+        dt = self.dtype
+        logits = jnp.einsum("BTHK,BSHK->BHTS", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) / \
+            jnp.sqrt(jnp.float32(self.head_dim))
+        if mask_BxTxS is not None:
+            logits = jnp.where(mask_BxTxS[:, None, :, :], logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out = jnp.einsum("BHTS,BSHK->BTHK", probs, v)
+        out = jnp.einsum("BHTS,BSHK->BTHK", probs, v_BxSxHxK)
         return jnp.einsum("BTHK,HKD->BTD", out, self.wo[...].astype(dt))
+
+    def __call__(self, x_BxTxD, *, positions_T=None, mask_BxTxT=None):
+        if positions_T is None:
+            positions_T = jnp.arange(x_BxTxD.shape[1])
+        q, k, v = self._qkv(x_BxTxD, positions_T)
+        return self._attend(q, k, v, mask_BxTxT)
+
+    def decode_step(self, x_Bx1xD, cache: dict, pos):
+        """One new position `pos` (traced int) attending to the cached keys / values of
+        positions <= pos; returns (output Bx1xD, cache with this position written).
+        cache: {"k", "v"}, each BxSxHxK for the S positions of the whole sequence."""
+        q, k, v = self._qkv(x_Bx1xD, jnp.reshape(pos, (1,)))
+        cache = {"k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(
+                     cache["k"].dtype), pos, axis=1),
+                 "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(
+                     cache["v"].dtype), pos, axis=1)}
+        B, S = cache["k"].shape[:2]
+        visible_Bx1xS = jnp.broadcast_to(jnp.arange(S)[None, None, :] <= pos, (B, 1, S))
+        return self._attend(q, cache["k"], cache["v"], visible_Bx1xS), cache
 
 
 class SwiGLU(nnx.Module):
@@ -150,6 +170,12 @@ class Block(nnx.Module):
         x = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), positions_T=positions_T,
                                 mask_BxTxT=mask_BxTxT).astype(x_BxTxD.dtype)
         return x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
+
+    def decode_step(self, x_Bx1xD, cache: dict, pos):
+        """The block at one new position with a KV cache (see Attention.decode_step)."""
+        h, cache = self.attn.decode_step(self.attn_norm(x_Bx1xD), cache, pos)
+        x = x_Bx1xD + h.astype(x_Bx1xD.dtype)
+        return x + self.mlp(self.mlp_norm(x)).astype(x.dtype), cache
 
 
 class Embed(nnx.Module):

@@ -59,7 +59,8 @@ def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block
     B = x0.shape[0]
     rows = (batch["doc_index"] >= 0).astype(jnp.float32)  # eval passes end in padding rows
     k_t, k_eps, k_cond, k_sc, k_sc_use = jax.random.split(rng, 5)
-    t = schedules.sample_t(k_t, (B,), cfg.time_sampling)
+    # validation always draws t uniformly, so runs with other time samplings compare
+    t = schedules.sample_t(k_t, (B,), cfg.time_sampling if train else "uniform")
     ls = schedules.logsnr(t, cfg.schedule, cfg.snr_scale)
     a, s = schedules.alpha_sigma(ls)
     eps = jax.random.normal(k_eps, x0.shape)

@@ -1,0 +1,88 @@
+"""Autoregressive baseline: a causal transformer LM over the same token blocks.
+
+Built from the blocks of `ldlm/models/layers.py`, like the VAE and the DiT. A block of L
+tokens is predicted left to right after a start token (EOS, which also separates documents),
+so its samples are directly comparable with the DiT's one-block samples. `decode_step`
+runs one position against a key/value cache, so generation costs O(L) per token instead of
+recomputing the prefix.
+
+Shape letters: B batch, T / L positions, S cache length, V vocabulary, W model width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ldlm.config import ARConfig
+from ldlm.models import layers
+
+
+class CausalLM(nnx.Module):
+    def __init__(self, cfg: ARConfig, vocab_size: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.cfg, self.vocab_size, self.dtype = cfg, vocab_size, dtype
+        self.embed = layers.Embed(vocab_size, cfg.width, rngs=rngs, dtype=dtype)
+        self.blocks = nnx.List([layers.Block(cfg.width, cfg.heads, cfg.mlp_dim, rngs=rngs,
+                                             dtype=dtype) for _ in range(cfg.layers)])
+        self.norm = layers.RMSNorm(cfg.width, rngs=rngs)
+
+    def __call__(self, tokens_BxT) -> jax.Array:
+        """Next-token logits BxTxV (float32) for every prefix."""
+        B, T = tokens_BxT.shape
+        causal_BxTxT = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool))[None], (B, T, T))
+        h = self.embed(tokens_BxT)
+        for block in self.blocks:
+            h = block(h, mask_BxTxT=causal_BxTxT)
+        return self.embed.attend(self.norm(h))
+
+    def init_cache(self, batch: int, length: int) -> list[dict]:
+        """An empty key/value cache for `length` positions, one entry per block."""
+        heads = self.cfg.heads
+        shape = (batch, length, heads, self.cfg.width // heads)
+        return [{"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+                for _ in self.blocks]
+
+    def decode_step(self, token_B, cache: list[dict], pos) -> tuple[jax.Array, list[dict]]:
+        """Logits BxV for the position after `token_B`, which sits at position `pos`."""
+        h = self.embed(token_B[:, None])
+        new_cache = []
+        for block, c in zip(self.blocks, cache):
+            h, c = block.decode_step(h, c, pos)
+            new_cache.append(c)
+        return self.embed.attend(self.norm(h))[:, 0], new_cache
+
+
+def sample_tokens(model: CausalLM, start_B, length: int, rng, *, temperature: float = 1.0,
+                  top_p: float = 1.0):
+    """`length` tokens after the start tokens, BxL, by a jitted-friendly `lax.scan` over
+    positions with the KV cache. Temperature 0 is greedy; top_p < 1 keeps the smallest set
+    of tokens whose probability reaches top_p."""
+    B = start_B.shape[0]
+    cache = model.init_cache(B, length)
+
+    def step(carry, pos):
+        token, cache, key = carry
+        key, k = jax.random.split(key)
+        logits, cache = model.decode_step(token, cache, pos)
+        nxt = sample_logits(logits, k, temperature, top_p)
+        return (nxt, cache, key), nxt
+
+    _, out = jax.lax.scan(step, (start_B, cache, rng), jnp.arange(length))
+    return out.T
+
+
+def sample_logits(logits_BxV, rng, temperature: float, top_p: float):
+    """One token per row from logits (greedy at temperature 0, nucleus when top_p < 1)."""
+    if temperature == 0:
+        return jnp.argmax(logits_BxV, -1).astype(jnp.int32)
+    logits = logits_BxV / temperature
+    if top_p < 1.0:
+        sorted_desc = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        # keep a token when the mass before it is below top_p (the top token always stays)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        kept = jnp.where(before < top_p, sorted_desc, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
