@@ -22,8 +22,9 @@ TOKENIZER_DONE = $(RUN_DIR)/tokenizer/stats.json
 VAE_DONE = $(RUN_DIR)/vae/eval.json
 LATENTS_DONE = $(RUN_DIR)/latents/meta.json
 DIT_DONE = $(RUN_DIR)/dit/result.json
+AR_DONE = $(RUN_DIR)/ar/result.json
 
-.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample clean-run
+.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample ar eval clean-run
 
 help:
 	@echo "make setup      create .venv and install ldlm with its dev extra"
@@ -35,6 +36,8 @@ help:
 	@echo "make vae        train + evaluate the TextVAE (resumes)       [EXP PRESET RUN SET]"
 	@echo "make latents    encode the corpus with the trained VAE       [EXP PRESET RUN SET]"
 	@echo "make dit        train the latent DiT, dump samples (resumes) [EXP PRESET RUN SET]"
+	@echo "make ar         train the autoregressive baseline (resumes)  [EXP PRESET RUN SET]"
+	@echo "make eval       ldlm vs the AR baseline vs real text         [EXP PRESET RUN SET]"
 	@echo "make sample     print samples and their speed  [RUN STEPS N SAMPLER SAMPLE_ARGS]"
 
 setup:
@@ -80,6 +83,14 @@ $(DIT_DONE): | $(LATENTS_DONE)
 sample: | $(DIT_DONE)
 	$(PYTHON) -m ldlm.cli.sample --run-dir $(RUN_DIR) --steps $(STEPS) -n $(N) \
 		--sampler $(SAMPLER) $(SAMPLE_ARGS)
+
+ar: | $(TOKENIZER_DONE)
+	$(PYTHON) -m ldlm.cli.ar $(STAGE_ARGS)
+$(AR_DONE): | $(TOKENIZER_DONE)
+	$(PYTHON) -m ldlm.cli.ar $(STAGE_ARGS)
+
+eval: | $(DIT_DONE) $(AR_DONE)
+	$(PYTHON) -m ldlm.cli.eval $(STAGE_ARGS)
 
 clean-run:
 	rm -rf $(RUN_DIR)

@@ -135,6 +135,20 @@ class ARConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """`make eval`: ldlm at each sampler and step budget beside the AR baseline and real
+    text (ldlm/eval/compare.py)."""
+
+    num_samples: int = 64  # per system and setting (and real test blocks)
+    samplers: str = "ddim,dpm++,ddpm"
+    steps: str = "1,2,4,8,16,32,64,128,256"
+    guidance_scales: str = "0,1,2,4"  # topic accuracy of class-conditional samples
+    guidance_steps: int = 32
+    guidance_sampler: str = "dpm++"
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run: optimiser, schedule, precision, checkpoints, logging."""
 
@@ -169,6 +183,7 @@ class Config:
     dit_train: TrainConfig = TrainConfig(lr=1e-3, ema_decay=0.999)
     ar: ARConfig = ARConfig()
     ar_train: TrainConfig = TrainConfig(lr=1e-3)
+    eval: EvalConfig = EvalConfig()
 
     # ------------------------------------------------------------------ construction
     def replace(self, **changes) -> "Config":
@@ -256,6 +271,25 @@ class Config:
         if not budgets or not all(1 <= b <= 1000 for b in budgets):
             raise ConfigError(f"dit.sample_steps={t.sample_steps!r} must be comma-separated "
                               "step counts in 1..1000")
+        ev = self.eval
+        if ev.num_samples < 1:
+            raise ConfigError(f"eval.num_samples={ev.num_samples} must be at least 1")
+        for s in ev.samplers.split(",") + [ev.guidance_sampler]:
+            if s.strip() not in ("ddpm", "ddim", "dpm++"):
+                raise ConfigError(f"eval sampler {s.strip()!r} (eval.samplers / "
+                                  "eval.guidance_sampler) is not one of ['ddpm', 'ddim', "
+                                  "'dpm++']")
+        try:
+            ok = all(1 <= int(x) <= 1000 for x in ev.steps.split(",")) and \
+                1 <= ev.guidance_steps <= 1000
+            [float(x) for x in ev.guidance_scales.split(",")]
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"eval.steps={ev.steps!r} must be comma-separated step counts "
+                              f"in 1..1000 (and eval.guidance_steps too), "
+                              f"eval.guidance_scales={ev.guidance_scales!r} comma-separated "
+                              "numbers")
         a = self.ar
         if a.width % a.heads or (a.width // a.heads) % 2:
             raise ConfigError(f"ar.width={a.width} must split into ar.heads={a.heads} heads "
@@ -407,7 +441,9 @@ def preset_config(preset: str) -> Config:
                                   log_every=10, eval_batches=2),
             ar=ARConfig(width=64, heads=2, mlp_dim=128, layers=2),
             ar_train=TrainConfig(steps=30, lr=3e-3, checkpoint_every=15, log_every=10,
-                                 eval_batches=2))
+                                 eval_batches=2),
+            eval=EvalConfig(num_samples=8, samplers="ddim,dpm++", steps="1,4",
+                            guidance_scales="0,2", guidance_steps=4))
     if preset == "cpu":
         return Config(
             preset="cpu",

@@ -27,14 +27,18 @@ class CausalLM(nnx.Module):
                                              dtype=dtype) for _ in range(cfg.layers)])
         self.norm = layers.RMSNorm(cfg.width, rngs=rngs)
 
-    def __call__(self, tokens_BxT) -> jax.Array:
-        """Next-token logits BxTxV (float32) for every prefix."""
+    def hidden(self, tokens_BxT) -> jax.Array:
+        """Final normalised hidden states BxTxW (each sees its prefix only)."""
         B, T = tokens_BxT.shape
         causal_BxTxT = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool))[None], (B, T, T))
         h = self.embed(tokens_BxT)
         for block in self.blocks:
             h = block(h, mask_BxTxT=causal_BxTxT)
-        return self.embed.attend(self.norm(h))
+        return self.norm(h)
+
+    def __call__(self, tokens_BxT) -> jax.Array:
+        """Next-token logits BxTxV (float32) for every prefix."""
+        return self.embed.attend(self.hidden(tokens_BxT))
 
     def init_cache(self, batch: int, length: int) -> list[dict]:
         """An empty key/value cache for `length` positions, one entry per block."""
