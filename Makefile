@@ -24,7 +24,7 @@ LATENTS_DONE = $(RUN_DIR)/latents/meta.json
 DIT_DONE = $(RUN_DIR)/dit/result.json
 AR_DONE = $(RUN_DIR)/ar/result.json
 
-.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample ar eval clean-run
+.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample ar eval notebooks clean-run
 
 help:
 	@echo "make setup      create .venv and install ldlm with its dev extra"
@@ -38,6 +38,7 @@ help:
 	@echo "make dit        train the latent DiT, dump samples (resumes) [EXP PRESET RUN SET]"
 	@echo "make ar         train the autoregressive baseline (resumes)  [EXP PRESET RUN SET]"
 	@echo "make eval       ldlm vs the AR baseline vs real text         [EXP PRESET RUN SET]"
+	@echo "make notebooks  execute notebooks/ on a run, outputs in runs/<RUN>/notebooks [RUN]"
 	@echo "make sample     print samples and their speed  [RUN STEPS N SAMPLER SAMPLE_ARGS]"
 
 setup:
@@ -91,6 +92,9 @@ $(AR_DONE): | $(TOKENIZER_DONE)
 
 eval: | $(DIT_DONE) $(AR_DONE)
 	$(PYTHON) -m ldlm.cli.eval $(STAGE_ARGS)
+
+notebooks: | $(DIT_DONE)
+	$(PYTHON) -m ldlm.cli.notebooks --run-dir $(RUN_DIR)
 
 clean-run:
 	rm -rf $(RUN_DIR)

@@ -11,6 +11,7 @@ data pipeline does and returns one latent array per text.
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Sequence
 
@@ -33,8 +34,10 @@ class TextTooLong(LdlmError):
 
 
 class TextVAE:
-    def __init__(self, cfg: Config, model: nnx.Module, tokenizer: Tokenizer):
+    def __init__(self, cfg: Config, model: nnx.Module, tokenizer: Tokenizer,
+                 label_names: Sequence[str] = ()):
         self.cfg = cfg
+        self.label_names = list(label_names)  # topic names of the run's data, by label id
         self.tokenizer = tokenizer
         self.block_len = cfg.data.block_len
         self.num_latents, self.latent_dim = cfg.vae.num_latents, cfg.vae.latent_dim
@@ -51,7 +54,9 @@ class TextVAE:
         tokenizer = Tokenizer.load(rundir.stage_dir(pathlib.Path(run_dir), "tokenizer"))
         model = load_stage_model(run_dir, "vae", build_vae(cfg, tokenizer.vocab_size),
                                  cfg.vae_train, cfg.seed, step=step, ema=ema)
-        return cls(cfg, model, tokenizer)
+        stats = rundir.stage_dir(pathlib.Path(run_dir), "data") / "stats.json"
+        names = json.loads(stats.read_text()).get("label_names", []) if stats.is_file() else []
+        return cls(cfg, model, tokenizer, names)
 
     # ------------------------------------------------------------------ text -> tokens
     def tokenize(self, texts: Sequence[str], *, eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +108,11 @@ class TextVAE:
 
     def encode_tokens(self, tokens_BxL) -> np.ndarray:
         return np.asarray(self._codec.encode(jnp.asarray(tokens_BxL, jnp.int32)))
+
+    def posterior_tokens(self, tokens_BxL) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and log-variance (z_BxNxD each) of token blocks."""
+        mean, logvar = self._codec.posterior(jnp.asarray(tokens_BxL, jnp.int32))
+        return np.asarray(mean), np.asarray(logvar)
 
     def decode_tokens(self, z_BxNxD) -> tuple[np.ndarray, np.ndarray]:
         """Predicted tokens_BxL and real-token mask_BxL."""

@@ -29,7 +29,7 @@ class Codec:
 
     def __init__(self, model):
         graphdef, self.params = nnx.split(model)
-        self._encode = jax.jit(lambda p, t: nnx.merge(graphdef, p).encode(t)[0])
+        self._posterior = jax.jit(lambda p, t: nnx.merge(graphdef, p).encode(t))
 
         def decode(p, z):
             logits, real = nnx.merge(graphdef, p).decode(z)
@@ -38,7 +38,11 @@ class Codec:
         self._decode = jax.jit(decode)
 
     def encode(self, tokens_BxL):
-        return self._encode(self.params, tokens_BxL)
+        return self._posterior(self.params, tokens_BxL)[0]
+
+    def posterior(self, tokens_BxL):
+        """Posterior mean and log-variance, each BxNxD."""
+        return self._posterior(self.params, tokens_BxL)
 
     def decode(self, z_BxNxD):
         return self._decode(self.params, z_BxNxD)
