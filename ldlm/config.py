@@ -71,6 +71,7 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    rules: str = "fsdp_tp"  # parameter layout: fsdp_tp | fsdp | replicated (ldlm/mesh.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 = no EMA weights; warmed up as min(decay, (1+t)/(10+t))
     compute_dtype: str = "float32"  # float32 | bfloat16 (parameters stay float32)
+    grad_accum: int = 1  # the global batch in this many sequential micro-batches
+    remat: bool = False  # recompute each transformer block's activations in the backward pass
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 20
@@ -305,8 +308,14 @@ class Config:
             if t.steps < 1 or t.checkpoint_every < 1 or t.log_every < 1:
                 raise ConfigError(f"{name}.steps, .checkpoint_every and .log_every must be "
                                   ">= 1")
+            if t.grad_accum < 1 or self.data.batch_size % t.grad_accum:
+                raise ConfigError(f"{name}.grad_accum={t.grad_accum} must be >= 1 and divide "
+                                  f"data.batch_size={self.data.batch_size}")
             if not 0 <= t.ema_decay < 1:
                 raise ConfigError(f"{name}.ema_decay={t.ema_decay} must lie in [0, 1)")
+        if self.mesh.rules not in ("fsdp_tp", "fsdp", "replicated"):
+            raise ConfigError(f"mesh.rules={self.mesh.rules!r} is not one of ['fsdp_tp', "
+                              "'fsdp', 'replicated']")
         sizes = [self.mesh.data, self.mesh.fsdp, self.mesh.tensor]
         if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
             raise ConfigError(f"mesh sizes {sizes} (data, fsdp, tensor): each must be >= 1, "
@@ -455,9 +464,13 @@ def preset_config(preset: str) -> Config:
                           num_latents=16, latent_dim=64, token_mask_prob=0.0),
             vae_train=TrainConfig(steps=800, lr=2e-3, checkpoint_every=200, log_every=20,
                                   eval_batches=8),
-            dit=DiTConfig(width=256, heads=4, mlp_dim=768, layers=4),
-            dit_train=TrainConfig(steps=1500, lr=1e-3, ema_decay=0.999, checkpoint_every=500,
-                                  log_every=50, eval_every=500, eval_batches=8),
+            # neighbour context pooled 4:1 (24 tokens, not 48) buys twice the steps; with
+            # logit-normal times: val v-loss 0.813 after 4000 steps (uniform t, no context),
+            # against 0.873 after 1500 steps with unpooled context
+            dit=DiTConfig(width=256, heads=4, mlp_dim=768, layers=4, context_pool=4,
+                          time_sampling="logit_normal"),
+            dit_train=TrainConfig(steps=3000, lr=1e-3, ema_decay=0.999, checkpoint_every=500,
+                                  log_every=50, eval_every=1000, eval_batches=8),
             # about the DiT's plus the VAE decoder's parameters (8.8M vs 5.3M + 3.6M)
             ar=ARConfig(width=256, heads=4, mlp_dim=768, layers=8),
             ar_train=TrainConfig(steps=600, lr=1e-3, checkpoint_every=200, log_every=20,

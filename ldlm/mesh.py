@@ -69,3 +69,33 @@ PARAM_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv", None),
     ("latent", None),
 )
+
+# Other layouts, chosen with mesh.rules: "fsdp" shards weights over fsdp only (no tensor
+# parallelism); "replicated" keeps every weight whole on every device (pure data parallel).
+RULE_SETS: dict[str, tuple] = {
+    "fsdp_tp": PARAM_RULES,
+    "fsdp": tuple((name, BATCH_AXES if name == "batch" else "fsdp" if name == "embed" else None)
+                  for name, _ in PARAM_RULES),
+    "replicated": tuple((name, BATCH_AXES if name == "batch" else None)
+                        for name, _ in PARAM_RULES),
+}
+
+
+def param_rules(name: str) -> tuple:
+    """The logical-axis rules of a rule set (mesh.rules)."""
+    if name not in RULE_SETS:
+        raise ConfigError(f"mesh.rules={name!r} is not one of {list(RULE_SETS)}")
+    return RULE_SETS[name]
+
+
+def constrain_batch(x):
+    """Pins an activation's leading (batch) axis to data x fsdp at a block boundary, so the
+    compiler never gathers activations; a no-op outside a mesh context or when the batch does
+    not divide (single-device inference, odd sampling batches)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not all(a in mesh.shape for a in BATCH_AXES):
+        return x
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if shards == 1 or x.shape[0] % shards:
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))

@@ -20,8 +20,9 @@ from ldlm.models import layers
 
 
 class CausalLM(nnx.Module):
-    def __init__(self, cfg: ARConfig, vocab_size: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.cfg, self.vocab_size, self.dtype = cfg, vocab_size, dtype
+    def __init__(self, cfg: ARConfig, vocab_size: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 remat: bool = False):
+        self.cfg, self.vocab_size, self.dtype, self.remat = cfg, vocab_size, dtype, remat
         self.embed = layers.Embed(vocab_size, cfg.width, rngs=rngs, dtype=dtype)
         self.blocks = nnx.List([layers.Block(cfg.width, cfg.heads, cfg.mlp_dim, rngs=rngs,
                                              dtype=dtype) for _ in range(cfg.layers)])
@@ -33,7 +34,7 @@ class CausalLM(nnx.Module):
         causal_BxTxT = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool))[None], (B, T, T))
         h = self.embed(tokens_BxT)
         for block in self.blocks:
-            h = block(h, mask_BxTxT=causal_BxTxT)
+            h = layers.call_block(block, self.remat, h, causal_BxTxT)
         return self.norm(h)
 
     def __call__(self, tokens_BxT) -> jax.Array:

@@ -67,8 +67,9 @@ class DiTBlock(nnx.Module):
 
 class DiT(nnx.Module):
     def __init__(self, cfg: DiTConfig, num_latents: int, latent_dim: int, num_classes: int,
-                 *, rngs: nnx.Rngs, dtype=jnp.float32):
+                 *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
         W = cfg.width
+        self.remat = remat
         self.cfg, self.N, self.D, self.num_classes, self.dtype = (cfg, num_latents, latent_dim,
                                                                    num_classes, dtype)
         self.in_proj = layers.Dense(2 * latent_dim, W, rngs=rngs, names=("latent", "embed"),
@@ -118,7 +119,7 @@ class DiT(nnx.Module):
         c = self.time_mlp2(jax.nn.silu(self.time_mlp1(temb)))
         c = c + jnp.take(self.class_embed[...], label_B, axis=0).astype(c.dtype)
         for block in self.blocks:
-            x = block(x, c, mask_BxTxT)
+            x = layers.call_block(block, self.remat, x, c, mask_BxTxT)
         if self.cfg.use_context:
             M = N // self.cfg.context_pool
             x = x[:, M:M + N]

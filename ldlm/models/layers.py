@@ -166,7 +166,7 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(width, rngs=rngs)
         self.mlp = SwiGLU(width, mlp_dim, rngs=rngs, dtype=dtype)
 
-    def __call__(self, x_BxTxD, *, positions_T=None, mask_BxTxT=None):
+    def __call__(self, x_BxTxD, mask_BxTxT=None, *, positions_T=None):
         x = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), positions_T=positions_T,
                                 mask_BxTxT=mask_BxTxT).astype(x_BxTxD.dtype)
         return x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
@@ -176,6 +176,17 @@ class Block(nnx.Module):
         h, cache = self.attn.decode_step(self.attn_norm(x_Bx1xD), cache, pos)
         x = x_Bx1xD + h.astype(x_Bx1xD.dtype)
         return x + self.mlp(self.mlp_norm(x)).astype(x.dtype), cache
+
+
+def call_block(block, remat: bool, *args):
+    """block(*args) at a block boundary: the batch axis pinned to the mesh's batch axes, and
+    with `remat` the block's activations recomputed in the backward pass (nnx.remat)."""
+    from ldlm.mesh import constrain_batch
+
+    args = (constrain_batch(args[0]),) + args[1:]
+    if remat:
+        return nnx.remat(lambda b, *a: b(*a))(block, *args)
+    return block(*args)
 
 
 class Embed(nnx.Module):

@@ -28,11 +28,11 @@ from ldlm.models import layers
 
 class TextVAEModel(nnx.Module):
     def __init__(self, cfg: VAEConfig, vocab_size: int, block_len: int, *, rngs: nnx.Rngs,
-                 dtype=jnp.float32):
+                 dtype=jnp.float32, remat: bool = False):
         if block_len % cfg.num_latents:
             raise ValueError(f"block_len {block_len} must be a multiple of vae.num_latents "
                              f"{cfg.num_latents}")
-        self.cfg, self.block_len, self.dtype = cfg, block_len, dtype
+        self.cfg, self.block_len, self.dtype, self.remat = cfg, block_len, dtype, remat
         self.group = block_len // cfg.num_latents  # tokens per latent (the compression)
         W, D = cfg.width, cfg.latent_dim
         self.embed = layers.Embed(vocab_size, W, rngs=rngs, dtype=dtype)
@@ -58,7 +58,7 @@ class TextVAEModel(nnx.Module):
         """Posterior mean (RMS-normalised) and log-variance, each BxNxD, float32."""
         h = self.embed(tokens_BxL)
         for block in self.encoder:
-            h = block(h)
+            h = layers.call_block(block, self.remat, h)
         h = self.encoder_norm(h)
         pooled = rearrange(h, "B (N G) W -> B N (G W)", G=self.group)
         mean = layers.rms_normalize(self.to_mean(pooled).astype(jnp.float32))
@@ -70,7 +70,7 @@ class TextVAEModel(nnx.Module):
         h = self.from_latent(z_BxNxD)
         h = rearrange(h, "B N (G W) -> B (N G) W", G=self.group)
         for block in self.decoder:
-            h = block(h)
+            h = layers.call_block(block, self.remat, h)
         h = self.decoder_norm(h)
         real = self.real_head(h)[..., 0].astype(jnp.float32)
         return self.embed.attend(h), real

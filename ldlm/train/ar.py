@@ -44,7 +44,8 @@ def ar_loss(model: CausalLM, batch, rng, step, train: bool):
 
 def build_ar(cfg: Config, vocab_size: int):
     dtype = compute_dtype(cfg.ar_train.compute_dtype)
-    return lambda rngs: CausalLM(cfg.ar, vocab_size, rngs=rngs, dtype=dtype)
+    return lambda rngs: CausalLM(cfg.ar, vocab_size, rngs=rngs, dtype=dtype,
+                                     remat=cfg.ar_train.remat)
 
 
 def ar_task(cfg: Config, run_dir, mesh) -> Task:

@@ -87,7 +87,7 @@ def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block
 def build_dit(cfg: Config, num_latents: int, latent_dim: int, num_classes: int):
     dtype = compute_dtype(cfg.dit_train.compute_dtype)
     return lambda rngs: DiT(cfg.dit, num_latents, latent_dim, num_classes, rngs=rngs,
-                            dtype=dtype)
+                            dtype=dtype, remat=cfg.dit_train.remat)
 
 
 def sample_latents(model: DiT, cfg: DiTConfig, n: int, steps: int, seed: int,

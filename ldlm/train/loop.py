@@ -29,7 +29,7 @@ from ldlm.checkpoint import Checkpointer
 from ldlm.config import Config, TrainConfig
 from ldlm.errors import ConfigError, LdlmError
 from ldlm.metrics import MetricsWriter, progress
-from ldlm.mesh import PARAM_RULES
+from ldlm.mesh import PARAM_RULES, param_rules
 from ldlm.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
 
 log = logging.getLogger("ldlm.train")
@@ -52,7 +52,7 @@ class Task:
     loss_fn: LossFn
     train_batches: Any  # GlobalBatches: iterator with get_state / set_state
     eval_batches: Callable[[], Iterator[Batch]] | None = None  # a fresh validation pass
-    rules: tuple = PARAM_RULES
+    rules: tuple | None = None  # logical-axis rules; None: the config's mesh.rules
     # Config values a checkpoint must have been trained with to be resumed (model shape,
     # vocabulary, block length): a mismatch is reported instead of failing inside Orbax.
     frozen: dict = dataclasses.field(default_factory=dict)
@@ -76,9 +76,9 @@ class TrainResult:
         return nnx.merge(self.graphdef, params)
 
 
-def build_model(task: Task, mesh: Mesh, seed: int):
+def build_model(task: Task, mesh: Mesh, seed: int, rules: tuple = PARAM_RULES):
     """(graphdef, params) with parameters created directly in their sharded layout."""
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(task.rules):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(task.rules or rules):
         model = task.build_model(nnx.Rngs(params=seed))
     return nnx.split(model)
 
@@ -107,7 +107,11 @@ def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
         def objective(params):
             return loss_fn(nnx.merge(graphdef, params), batch, rng, state.step, True)
 
-        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        if cfg.grad_accum == 1:
+            (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        else:
+            loss, metrics, grads = _accumulated_grads(loss_fn, graphdef, state, batch, rng,
+                                                      cfg.grad_accum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
@@ -124,6 +128,41 @@ def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
     return jax.jit(train_step, donate_argnums=0)
 
 
+def _accumulated_grads(loss_fn: LossFn, graphdef, state: TrainState, batch: Batch, rng,
+                       k: int):
+    """Mean loss, metrics and gradients over k equal micro-batches of `batch`, computed one
+    after the other (memory of one micro-batch); each micro-batch gets its own RNG. Token
+    counts add up; every other metric is averaged."""
+    micro = jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+
+    def one(carry, inputs):
+        i, mb = inputs
+
+        def objective(params):
+            return loss_fn(nnx.merge(graphdef, params), mb, jax.random.fold_in(rng, i),
+                           state.step, True)
+
+        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        total = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+        return total, None
+
+    (loss, metrics, grads), _ = jax.lax.scan(
+        one, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+            lambda: _first_micro(loss_fn, graphdef, state, micro, rng))),
+        (jnp.arange(k), micro))
+    metrics = {n: v if n == "tokens" else v / k for n, v in metrics.items()}
+    return loss / k, metrics, jax.tree.map(lambda g: g / k, grads)
+
+
+def _first_micro(loss_fn, graphdef, state, micro, rng):
+    """(loss, metrics, grads) of micro-batch 0: only its shapes are used (eval_shape)."""
+    mb = jax.tree.map(lambda x: x[0], micro)
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p: loss_fn(nnx.merge(graphdef, p), mb, rng, state.step, True),
+        has_aux=True)(state.params)
+    return loss, metrics, grads
+
+
 def make_eval_step(graphdef, loss_fn: LossFn):
     def eval_step(params, batch: Batch, rng):
         loss, metrics = loss_fn(nnx.merge(graphdef, params), batch, rng, jnp.int32(0), False)
@@ -137,7 +176,7 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
     t0 = time.time()
     tcfg = task.train_cfg
     out = rundir.stage_dir(run_dir, task.stage)
-    graphdef, params = build_model(task, mesh, cfg.seed)
+    graphdef, params = build_model(task, mesh, cfg.seed, param_rules(cfg.mesh.rules))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     tx = make_optimizer(tcfg)
     state = replicate_unsharded(init_state(params, tx, cfg.seed, ema=tcfg.ema_decay > 0),
@@ -190,7 +229,8 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
     try:
         for step in range(start + 1, tcfg.steps + 1):
             batch = next(task.train_batches)
-            state, metrics = train_step(state, batch)
+            with jax.set_mesh(mesh):  # activation constraints refer to this mesh
+                state, metrics = train_step(state, batch)
             if pending is not None:
                 consume(*pending)
             pending = (step, metrics)
@@ -236,6 +276,11 @@ def check_resumable(meta: dict, task: Task, where) -> None:
                           "start over")
 
 
+def task_mesh(batch) -> Mesh:
+    """The mesh a global batch lives on."""
+    return jax.tree.leaves(batch)[0].sharding.mesh
+
+
 def evaluate(eval_step, state: TrainState, task: Task, seed: int) -> dict[str, float]:
     """Mean of the loss metrics over `eval_batches` validation batches (EMA weights if kept),
     weighted by real tokens."""
@@ -244,7 +289,8 @@ def evaluate(eval_step, state: TrainState, task: Task, seed: int) -> dict[str, f
     weight = 0.0
     rng = jax.random.PRNGKey(seed + 1)
     for i, batch in zip(range(task.train_cfg.eval_batches), task.eval_batches()):
-        m = jax.device_get(eval_step(params, batch, jax.random.fold_in(rng, i)))
+        with jax.set_mesh(task_mesh(batch)):
+            m = jax.device_get(eval_step(params, batch, jax.random.fold_in(rng, i)))
         w = float(m.get("tokens", 1.0))
         for k, v in m.items():
             if k != "tokens":

@@ -85,7 +85,7 @@ def vae_loss(model: TextVAEModel, batch, rng, step, train: bool, *, cfg: VAEConf
 def build_vae(cfg: Config, vocab_size: int):
     dtype = compute_dtype(cfg.vae_train.compute_dtype)
     return lambda rngs: TextVAEModel(cfg.vae, vocab_size, cfg.data.block_len, rngs=rngs,
-                                     dtype=dtype)
+                                     dtype=dtype, remat=cfg.vae_train.remat)
 
 
 def vae_task(cfg: Config, run_dir, mesh) -> Task:
