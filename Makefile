@@ -24,7 +24,7 @@ LATENTS_DONE = $(RUN_DIR)/latents/meta.json
 DIT_DONE = $(RUN_DIR)/dit/result.json
 AR_DONE = $(RUN_DIR)/ar/result.json
 
-.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample ar eval notebooks clean-run
+.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample ar eval notebooks train-multiprocess clean-run
 
 help:
 	@echo "make setup      create .venv and install ldlm with its dev extra"
@@ -95,6 +95,11 @@ eval: | $(DIT_DONE) $(AR_DONE)
 
 notebooks: | $(DIT_DONE)
 	$(PYTHON) -m ldlm.cli.notebooks --run-dir $(RUN_DIR)
+
+# The VAE stage as two local processes joined by jax.distributed (2 fake CPU devices each).
+train-multiprocess: | $(TOKENIZER_DONE)
+	$(PYTHON) -m ldlm.cli.multiprocess -n 2 --devices-per-process 2 --log-dir $(RUN_DIR)/logs \
+		-- ldlm.cli.vae $(STAGE_ARGS)
 
 clean-run:
 	rm -rf $(RUN_DIR)

@@ -99,3 +99,13 @@ def constrain_batch(x):
     if shards == 1 or x.shape[0] % shards:
         return x
     return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+
+def to_host(x) -> np.ndarray:
+    """A jax.Array as one whole numpy array on every process (gathered from the other
+    processes when it spans their devices)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

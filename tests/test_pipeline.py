@@ -54,7 +54,7 @@ def test_each_epoch_is_a_permutation(tiny_run):
     assert len(set(first)) == n and set(first) == set(second) and first != second
 
 
-def test_processes_split_each_global_batch_without_overlap(tiny_run):
+def test_processes_read_their_rows_of_the_single_process_global_batch(tiny_run):
     run_dir, _ = tiny_run
     src = pipeline.block_source(run_dir, "train")
     single = iter(pipeline.make_dataset(src, batch_size=8, train=True, seed=3))
@@ -64,7 +64,7 @@ def test_processes_split_each_global_batch_without_overlap(tiny_run):
         whole = _rows(next(single))
         local = [_rows(next(p)) for p in parts]
         assert all(len(x) == 4 for x in local)
-        assert sorted(local[0] + local[1]) == sorted(whole)
+        assert local[0] + local[1] == whole  # same rows, same order
 
 
 def test_eval_pass_covers_every_block_once_then_padding(tiny_run):

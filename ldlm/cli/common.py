@@ -47,6 +47,9 @@ def stage_main(description: str, stage: str, argv=None) -> None:
     args = parser(description).parse_args(argv)
 
     def run():
+        from ldlm.distributed import initialize_from_env
+
+        initialize_from_env()
         module, function = stage.split(":")
         cfg, run_dir = resolve(args)
         getattr(importlib.import_module(module), function)(cfg, run_dir)

@@ -1,8 +1,9 @@
 """grain pipeline over the token blocks: deterministic, resumable, sharded global batches.
 
-Every process reads the same seeded, shuffled stream of blocks and keeps every
-`process_count`-th element starting at its own index, so the *global* batch at each step
-is the same set of blocks whatever the number of processes, and no block is read twice.
+Every process indexes the same seeded, shuffled stream of blocks and reads only its own
+contiguous rows of each global batch, so the *global* batch at each step holds the same
+blocks in the same order whatever the number of processes (per-row randomness such as
+noise therefore matches too), and no block is read twice.
 Each process's local batch becomes its part of a global `jax.Array` sharded over the
 mesh's batch axes (`jax.make_array_from_process_local_data`).
 
@@ -83,8 +84,24 @@ def make_dataset(source, *, batch_size: int, train: bool, seed: int = 0,
         empty = _empty_like(decode(source[0])) if n else {}
         ds = grain.MapDataset.range(-(-n // batch_size) * batch_size).map(
             lambda i: decode(source[i]) if i < n else empty)
-    ds = ds[process_index::process_count].batch(local, drop_remainder=True)
+    if process_count > 1:
+        ds = _process_rows(ds, batch_size, process_index, process_count)
+    ds = ds.batch(local, drop_remainder=True)
     return ds.to_iter_dataset()
+
+
+def _process_rows(ds: grain.MapDataset, batch_size: int, process_index: int,
+                  process_count: int) -> grain.MapDataset:
+    """This process's rows of each global batch: rows [p * local, (p + 1) * local) of every
+    consecutive `batch_size` elements, read by index (nothing else is decoded), so the
+    global batch has the rows of a single-process run in the same order."""
+    local = batch_size // process_count
+
+    def element(m: int):
+        g, r = divmod(m, local)
+        return ds[g * batch_size + process_index * local + r]
+
+    return grain.MapDataset.range(len(ds) // batch_size * local).map(element)
 
 
 class GlobalBatches:

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from ldlm import rundir
+from ldlm.mesh import to_host
 from ldlm.config import Config
 from ldlm.data import pipeline
 
@@ -52,8 +53,8 @@ def latent_stats(codec: Codec, batches, max_batches: int) -> tuple[np.ndarray, n
     """Per-coordinate mean and std (over blocks and latent positions) of posterior means."""
     total, total_sq, count = 0.0, 0.0, 0.0
     for _, batch in zip(range(max_batches), batches):
-        mean = np.asarray(codec.encode(batch["tokens"]), np.float64)
-        rows = np.asarray(batch["mask"]).any(-1)
+        mean = to_host(codec.encode(batch["tokens"])).astype(np.float64)
+        rows = to_host(batch["mask"]).any(-1)
         m = mean[rows].reshape(-1, mean.shape[-1])
         total, total_sq, count = total + m.sum(0), total_sq + (m ** 2).sum(0), count + m.shape[0]
     mu = total / count
@@ -80,19 +81,19 @@ def reconstruction_table(codec: Codec, batches, std_D, sigmas=SIGMAS, seed: int 
     key = jax.random.PRNGKey(seed)
     std = jnp.asarray(std_D)[None, None, :]
     for i, batch in enumerate(batches):
-        tokens, mask = np.asarray(batch["tokens"]), np.asarray(batch["mask"])
+        tokens, mask = to_host(batch["tokens"]), to_host(batch["mask"])
         rows = mask.any(-1)
         mean = codec.encode(batch["tokens"])
         eps = jax.random.normal(jax.random.fold_in(key, i), mean.shape)
         preds = {}
         for s in sigmas:
-            pred, real = map(np.asarray, codec.decode(mean + s * std * eps))
+            pred, real = map(to_host, codec.decode(mean + s * std * eps))
             preds[s] = (pred, real)
             right = (pred == tokens) & mask
             exact = (right.sum(-1) == mask.sum(-1)) & (real == mask).all(-1)
             counts[s] += (right[rows].sum(), mask[rows].sum(), exact[rows].sum(), rows.sum())
         # examples: the first block of each document, so that they are different texts
-        starts = rows & (np.asarray(batch["block_index"]) == 0)
+        starts = rows & (to_host(batch["block_index"]) == 0)
         for r in np.flatnonzero(starts)[:max(0, keep_examples - len(examples))]:
             examples.append((tokens[r], mask[r], {s: (p[r], m[r]) for s, (p, m) in
                                                   preds.items()}))

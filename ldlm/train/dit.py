@@ -25,7 +25,7 @@ from ldlm.config import Config, DiTConfig
 from ldlm.data import latents as latents_lib
 from ldlm.diffusion import samplers, schedules
 from ldlm.errors import ConfigError
-from ldlm.mesh import make_mesh
+from ldlm.mesh import make_mesh, to_host
 from ldlm.models.dit import DiT
 from ldlm.train.loop import Task, TrainResult, train
 from ldlm.train.vae import compute_dtype
@@ -117,7 +117,7 @@ def sample_dump_hook(cfg: Config, run_dir, label_names, per_label: int = 1):
     samplers_by_budget = {}
 
     def hook(step: int, graphdef, params):
-        params = jax.device_get(params)  # sample on the host's default device
+        params = jax.tree.map(to_host, params)  # sample on the host's default device
         result = {}
         for b in budgets:
             if b not in samplers_by_budget:

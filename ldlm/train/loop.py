@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -32,6 +33,8 @@ from ldlm.metrics import MetricsWriter, progress
 from ldlm.mesh import PARAM_RULES, param_rules
 from ldlm.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
 
+# Set in tests: the process dies right after writing the checkpoint of this step.
+_DEBUG_EXIT_AFTER_STEP = int(os.environ.get("LDLM_DEBUG_EXIT_AFTER_STEP", "0"))
 log = logging.getLogger("ldlm.train")
 
 Batch = dict[str, jax.Array]
@@ -239,6 +242,11 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
                 consume(*pending)
                 pending = None
                 save(step)
+                if step == _DEBUG_EXIT_AFTER_STEP:  # fault injection for resume tests
+                    ckpt.wait()
+                    log.warning("exiting after the checkpoint at step %d "
+                                "(LDLM_DEBUG_EXIT_AFTER_STEP)", step)
+                    os._exit(3)
             if tcfg.eval_every and step % tcfg.eval_every == 0 and task.eval_batches:
                 writer.write(step, evaluate(eval_step, state, task, cfg.seed), "validation")
             if task.hook and task.hook_every and step % task.hook_every == 0 \

@@ -1,0 +1,78 @@
+"""`python -m ldlm.cli.multiprocess -n 2 -- ldlm.cli.vae --preset tiny ...`: run a stage as
+several local processes joined by jax.distributed (coordinator on 127.0.0.1, a free port).
+
+Each process gets LDLM_COORDINATOR / LDLM_NUM_PROCESSES / LDLM_PROCESS_ID and, on CPU,
+`--devices-per-process` fake devices. Output of process 0 is shown; the others' goes to
+`<log-dir>/process_<i>.log`. The launcher waits for all, stops the rest if one fails, and
+exits with the first non-zero status. For real clusters use the README's commands instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(module_args: list[str], processes: int, devices_per_process: int,
+           log_dir: pathlib.Path, extra_env: dict | None = None,
+           timeout: float | None = None) -> int:
+    """Runs `python -m <module_args>` as `processes` processes; returns the exit status."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    procs = []
+    for i in range(processes):
+        env = {**os.environ, **(extra_env or {}), "LDLM_COORDINATOR": f"127.0.0.1:{port}",
+               "LDLM_NUM_PROCESSES": str(processes), "LDLM_PROCESS_ID": str(i),
+               "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+        if env["JAX_PLATFORMS"] == "cpu":
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                                f"device_count={devices_per_process}").strip()
+        out = None if i == 0 else open(log_dir / f"process_{i}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", *module_args], env=env,
+                                      stdout=out, stderr=subprocess.STDOUT if out else None))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    status = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if failed or (deadline and time.monotonic() > deadline):
+                status = failed[0] if failed else 124
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    return status or next((p.returncode for p in procs if p.returncode), 0)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-n", "--processes", type=int, default=2)
+    p.add_argument("--devices-per-process", type=int, default=2)
+    p.add_argument("--log-dir", default="runs/multiprocess_logs")
+    p.add_argument("module_args", nargs=argparse.REMAINDER,
+                   help="-- then the module and its arguments, e.g. ldlm.cli.vae --preset tiny")
+    args = p.parse_args(argv)
+    module_args = [a for a in args.module_args if a != "--"] if args.module_args[:1] == ["--"] \
+        else args.module_args
+    if not module_args:
+        p.error("name the module to run after --, e.g. -- ldlm.cli.vae --preset tiny")
+    sys.exit(launch(module_args, args.processes, args.devices_per_process,
+                    pathlib.Path(args.log_dir)))
+
+
+if __name__ == "__main__":
+    main()
