@@ -474,7 +474,8 @@ def preset_config(preset: str) -> Config:
             # about the DiT's plus the VAE decoder's parameters (8.8M vs 5.3M + 3.6M)
             ar=ARConfig(width=256, heads=4, mlp_dim=768, layers=8),
             ar_train=TrainConfig(steps=600, lr=1e-3, checkpoint_every=200, log_every=20,
-                                 eval_every=200, eval_batches=8))
+                                 eval_every=200, eval_batches=8),
+            eval=EvalConfig(num_samples=256))
     return Config(
         preset="base",
         data=DataConfig(block_len=128, batch_size=256),

@@ -2,8 +2,8 @@
 
 For each system the same number of samples (one block each, unconditional) is scored with
 the same metrics (`ldlm.eval.metrics`): generative perplexity under the reference LM with
-unigram entropy beside it, MAUVE against held-out test blocks (features: the reference LM's
-mean hidden state), distinct-1/2/3, repeated-4-gram rate, memorisation (8-grams found in
+unigram entropy beside it, MAUVE against held-out validation blocks (features: the
+reference LM's mean hidden state), distinct-1/2/3, repeated-4-gram rate, memorisation (8-grams found in
 the training split) and the wall-clock seconds per block. Real test blocks are scored the
 same way as the reference point. Class-conditional ldlm samples are classified by a
 bag-of-words topic classifier trained on the training split, per guidance scale.
@@ -132,7 +132,11 @@ def run_eval(cfg: Config, run_dir) -> dict:
     rng = np.random.default_rng(e.seed)
     pick = rng.choice(len(real), size=min(n, len(real)), replace=False)
     real = [real[i] for i in pick]
-    real_features = ref.features(real)
+    # MAUVE's human side: validation blocks, so the real test blocks are scored like samples
+    held_out, _ = split_blocks(run_dir, "validation")
+    held_out = [held_out[i] for i in rng.choice(len(held_out), size=min(n, len(held_out)),
+                                                replace=False)]
+    real_features = ref.features(held_out)
     rows = [{"system": "real text (test split)", "sampler": None, "steps": None,
              "seconds_per_block": None, **quality(real, ref, real_features, train_8grams)}]
     log.info("real text: %s", _brief(rows[-1]))

@@ -1,0 +1,160 @@
+"""Model FLOP utilisation (MFU) of the VAE, DiT and AR training steps on a few mesh layouts.
+
+Model FLOPs per step are counted analytically (matmuls only, 2 per multiply-add; training =
+forward + backward = 3 forward, plus the DiT's self-conditioning forward with probability
+`dit.self_cond_prob`, plus one forward when `remat` recomputes the blocks). The step time is
+measured on synthetic batches. MFU = achieved FLOP/s / peak FLOP/s of all devices, where the
+peak is the device's dense bf16 peak on known accelerators (--peak-tflops overrides) and, on
+CPU, the FLOP/s of a large float32 matmul measured in the same run.
+
+    .venv/bin/python benchmarks/mfu.py [--preset cpu] [--models vae,dit,ar]
+        [--meshes 1,1,1] [--steps 10] [--set k=v ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ldlm.config import Config, MeshConfig, load_experiment
+from ldlm.mesh import batch_sharding, make_mesh, param_rules
+from ldlm.train.ar import ar_loss, build_ar
+from ldlm.train.dit import build_dit, dit_loss
+from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
+from ldlm.train.state import init_state, make_optimizer
+from ldlm.train.vae import build_vae, vae_loss
+
+# Dense bf16 peak FLOP/s per device, by jax device_kind prefix.
+PEAK_BF16 = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+             "NVIDIA L4": 121e12, "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
+             "TPU v6 lite": 918e12}
+
+
+def block_flops(tokens: int, width: int, mlp: int, seq: int) -> float:
+    """Forward matmul FLOPs of one transformer block over `tokens` positions of sequences of
+    length `seq`: q, k, v, o projections, SwiGLU, attention scores and weighted sum."""
+    return tokens * (2 * (4 * width * width + 3 * width * mlp) + 2 * 2 * seq * width)
+
+
+def forward_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
+    L = cfg.data.block_len
+    if model == "vae":
+        v = cfg.vae
+        W, D = v.width, v.latent_dim
+        flops = (v.encoder_layers + v.decoder_layers) * block_flops(B * L, W, v.mlp_dim, L)
+        return flops + B * L * (2 * 2 * W * D + 2 * D * W + 2 * W * vocab)
+    if model == "ar":
+        a = cfg.ar
+        return a.layers * block_flops(B * L, a.width, a.mlp_dim, L) + B * L * 2 * a.width * vocab
+    t = cfg.dit
+    N, D, W = cfg.vae.num_latents, cfg.vae.latent_dim, t.width
+    T = N + 2 * (N // t.context_pool) if t.use_context else N
+    flops = t.layers * (block_flops(B * T, W, t.mlp_dim, T) + B * 2 * W * 6 * W)
+    return flops + B * (N * 2 * 2 * D * W + T * 2 * D * W + N * 2 * W * D)
+
+
+def train_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
+    fwd = forward_flops(model, cfg, vocab, B)
+    extra = cfg.dit.self_cond_prob if model == "dit" else 0.0
+    remat = getattr(cfg, f"{model}_train").remat
+    return fwd * (3 + extra + (1 if remat else 0))
+
+
+def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        out = f(a, a)
+    out.block_until_ready()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t)
+
+
+def synthetic(model: str, cfg: Config, vocab: int, B: int) -> tuple[dict, object, object]:
+    """(batch, build, loss_fn) for a model."""
+    L, N, D = cfg.data.block_len, cfg.vae.num_latents, cfg.vae.latent_dim
+    rng = np.random.default_rng(0)
+    if model in ("vae", "ar"):
+        batch = {"tokens": jnp.asarray(rng.integers(4, vocab, (B, L)), jnp.int32),
+                 "mask": jnp.ones((B, L), bool)}
+        if model == "ar":
+            return batch, build_ar(cfg, vocab), ar_loss
+        return batch, build_vae(cfg, vocab), lambda m, b, k, s, t: vae_loss(
+            m, b, k, s, t, cfg=cfg.vae, total_steps=1000)
+    z = lambda: jnp.asarray(rng.standard_normal((B, N, D)), jnp.float32)  # noqa: E731
+    batch = {"z": z(), "prev": z(), "next": z(), "has_prev": jnp.ones(B, bool),
+             "has_next": jnp.ones(B, bool), "label": jnp.zeros(B, jnp.int32),
+             "doc_index": jnp.zeros(B, jnp.int32)}
+    return batch, build_dit(cfg, N, D, 5), lambda m, b, k, s, t: dit_loss(
+        m, b, k, s, t, cfg=cfg.dit, block_len=L)
+
+
+def measure(model: str, cfg: Config, mesh_cfg: MeshConfig, vocab: int,
+            steps: int) -> tuple[float, int]:
+    """Seconds per training step and parameter count."""
+    mesh = make_mesh(mesh_cfg)
+    B = cfg.data.batch_size
+    batch, build, loss_fn = synthetic(model, cfg, vocab, B)
+    batch = jax.device_put(batch, batch_sharding(mesh))
+    tcfg = getattr(cfg, f"{model}_train")
+    task = Task(model, tcfg, build, loss_fn, train_batches=None)
+    graphdef, params = build_model(task, mesh, 0, param_rules(cfg.mesh.rules))
+    tx = make_optimizer(tcfg)
+    state = replicate_unsharded(init_state(params, tx, 0, ema=tcfg.ema_decay > 0), mesh)
+    step = make_train_step(graphdef, loss_fn, tx, tcfg)
+    with jax.set_mesh(mesh):
+        for _ in range(3):
+            state, m = step(state, batch)
+        jax.block_until_ready(m)
+        t = time.perf_counter()
+        for _ in range(steps):
+            state, m = step(state, batch)
+        jax.block_until_ready(m)
+    return (time.perf_counter() - t) / steps, sum(x.size for x in jax.tree.leaves(params))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--exp", default="bbc_news")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--models", default="vae,dit,ar")
+    p.add_argument("--meshes", default="-1,1,1", help="data,fsdp,tensor;... e.g. 8,1,1;2,4,1")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--vocab", type=int, default=8000)
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="per-device peak (TFLOP/s); default: the table or a CPU matmul")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    args = p.parse_args()
+    cfg = load_experiment(args.exp, args.preset, args.overrides)
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    peak = args.peak_tflops * 1e12 or next(
+        (v for k, v in PEAK_BF16.items() if kind.startswith(k)), 0.0)
+    peak_source = "given" if args.peak_tflops else "bf16 dense peak" if peak else None
+    if not peak:
+        peak = matmul_flops_per_s()
+        peak_source = "measured 2048^3 float32 matmul"
+    print(f"device: {kind} x{len(devices)}; peak per device {peak / 1e12:.3f} TFLOP/s "
+          f"({peak_source}); preset {args.preset}, batch {cfg.data.batch_size}")
+    print(f"{'model':>5} {'mesh (d,f,t)':>13} {'dtype':>9} {'params':>8} {'ms/step':>9} "
+          f"{'TFLOP/s':>8} {'MFU':>7}")
+    for mesh_text in args.meshes.split(";"):
+        sizes = [int(x) for x in mesh_text.split(",")]
+        mesh_cfg = MeshConfig(*sizes, rules=cfg.mesh.rules)
+        shape = make_mesh(mesh_cfg).devices.shape
+        for model in args.models.split(","):
+            seconds, n_params = measure(model, cfg, mesh_cfg, args.vocab, args.steps)
+            achieved = train_flops(model, cfg, args.vocab, cfg.data.batch_size) / seconds
+            dtype = getattr(cfg, f"{model}_train").compute_dtype
+            print(f"{model:>5} {str(tuple(shape)):>13} {dtype:>9} {n_params / 1e6:>7.2f}M "
+                  f"{seconds * 1e3:>9.1f} {achieved / 1e12:>8.3f} "
+                  f"{achieved / (peak * int(np.prod(shape))):>7.1%}")
+
+
+if __name__ == "__main__":
+    main()
