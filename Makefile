@@ -24,7 +24,7 @@ LATENTS_DONE = $(RUN_DIR)/latents/meta.json
 DIT_DONE = $(RUN_DIR)/dit/result.json
 AR_DONE = $(RUN_DIR)/ar/result.json
 
-.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample ar eval notebooks train-multiprocess clean-run
+.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample ar reference eval notebooks train-multiprocess clean-run
 
 help:
 	@echo "make setup      create .venv and install ldlm with its dev extra"
@@ -37,6 +37,7 @@ help:
 	@echo "make latents    encode the corpus with the trained VAE       [EXP PRESET RUN SET]"
 	@echo "make dit        train the latent DiT, dump samples (resumes) [EXP PRESET RUN SET]"
 	@echo "make ar         train the autoregressive baseline (resumes)  [EXP PRESET RUN SET]"
+	@echo "make reference  train the larger reference LM for gen-PPL    [EXP PRESET RUN SET]"
 	@echo "make eval       ldlm vs the AR baseline vs real text         [EXP PRESET RUN SET]"
 	@echo "make notebooks  execute notebooks/ on a run, outputs in runs/<RUN>/notebooks [RUN]"
 	@echo "make sample     print samples and their speed  [RUN STEPS N SAMPLER SAMPLE_ARGS]"
@@ -90,6 +91,10 @@ ar: | $(TOKENIZER_DONE)
 $(AR_DONE): | $(TOKENIZER_DONE)
 	$(PYTHON) -m ldlm.cli.ar $(STAGE_ARGS)
 
+reference: | $(TOKENIZER_DONE)
+	$(PYTHON) -m ldlm.cli.reference $(STAGE_ARGS)
+
+# SET="eval.reference=reference" scores with the reference LM (after make reference)
 eval: | $(DIT_DONE) $(AR_DONE)
 	$(PYTHON) -m ldlm.cli.eval $(STAGE_ARGS)
 

@@ -146,6 +146,9 @@ class EvalConfig:
     guidance_scales: str = "0,1,2,4"  # topic accuracy of class-conditional samples
     guidance_steps: int = 32
     guidance_sampler: str = "dpm++"
+    # which causal LM scores samples (gen-PPL) and gives MAUVE features: "ar" (the baseline
+    # itself, favouring its own samples) or "reference" (make reference)
+    reference: str = "ar"
     seed: int = 0
 
 
@@ -186,6 +189,9 @@ class Config:
     dit_train: TrainConfig = TrainConfig(lr=1e-3, ema_decay=0.999)
     ar: ARConfig = ARConfig()
     ar_train: TrainConfig = TrainConfig(lr=1e-3)
+    # the reference LM for generative perplexity: larger and trained longer than `ar`
+    reference: ARConfig = ARConfig(width=384, heads=6, mlp_dim=1152, layers=12)
+    reference_train: TrainConfig = TrainConfig(steps=3000, lr=6e-4)
     eval: EvalConfig = EvalConfig()
 
     # ------------------------------------------------------------------ construction
@@ -300,7 +306,10 @@ class Config:
         if a.temperature < 0 or not 0 < a.top_p <= 1:
             raise ConfigError(f"ar.temperature={a.temperature} must be >= 0 and "
                               f"ar.top_p={a.top_p} in (0, 1]")
-        for name in ("vae_train", "dit_train", "ar_train"):
+        if ev.reference not in ("ar", "reference"):
+            raise ConfigError(f"eval.reference={ev.reference!r} is not one of ['ar', "
+                              "'reference']")
+        for name in ("vae_train", "dit_train", "ar_train", "reference_train"):
             t = getattr(self, name)
             if t.compute_dtype not in ("float32", "bfloat16"):
                 raise ConfigError(f"{name}.compute_dtype={t.compute_dtype!r} is not one of "
@@ -451,6 +460,9 @@ def preset_config(preset: str) -> Config:
             ar=ARConfig(width=64, heads=2, mlp_dim=128, layers=2),
             ar_train=TrainConfig(steps=30, lr=3e-3, checkpoint_every=15, log_every=10,
                                  eval_batches=2),
+            reference=ARConfig(width=64, heads=2, mlp_dim=128, layers=3),
+            reference_train=TrainConfig(steps=30, lr=3e-3, checkpoint_every=15, log_every=10,
+                                        eval_batches=2),
             eval=EvalConfig(num_samples=8, samplers="ddim,dpm++", steps="1,4",
                             guidance_scales="0,2", guidance_steps=4))
     if preset == "cpu":
@@ -475,6 +487,11 @@ def preset_config(preset: str) -> Config:
             ar=ARConfig(width=256, heads=4, mlp_dim=768, layers=8),
             ar_train=TrainConfig(steps=600, lr=1e-3, checkpoint_every=200, log_every=20,
                                  eval_every=200, eval_batches=8),
+            # a reference LM 2.7x the baseline's size, trained 5x longer (about an hour on
+            # 2 cores: not part of make eval by default)
+            reference=ARConfig(width=384, heads=6, mlp_dim=1152, layers=12),
+            reference_train=TrainConfig(steps=3000, lr=6e-4, checkpoint_every=500,
+                                        log_every=50, eval_every=1000, eval_batches=8),
             eval=EvalConfig(num_samples=256))
     return Config(
         preset="base",

@@ -32,7 +32,7 @@ import numpy as np
 
 from ldlm.eval.compare import split_blocks
 from ldlm.eval.metrics import TopicClassifier
-from ldlm.pipeline import LatentDiffusionPipeline
+from ldlm import LatentDiffusionPipeline
 
 pipe = LatentDiffusionPipeline.from_pretrained(RUN_DIR)
 print("topics:", pipe.label_names, "| context (continuation, infilling):", pipe.has_context)

@@ -23,7 +23,7 @@ RUN_DIR = os.environ.get("LDLM_RUN", "runs/bbc_news_cpu")
 # Load the DiT (EMA weights), its VAE and the latent statistics of the run:
 
 # %%
-from ldlm.pipeline import LatentDiffusionPipeline
+from ldlm import LatentDiffusionPipeline
 
 pipe = LatentDiffusionPipeline.from_pretrained(RUN_DIR)
 print("topics:", pipe.label_names)

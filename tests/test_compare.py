@@ -37,3 +37,20 @@ def test_eval_scores_every_system_and_writes_table_and_plot(tiny_dit, tiny_cfg):
     out = run_dir / "eval"
     assert json.loads((out / "results.json").read_text())["num_samples"] == 8
     assert (out / "quality_vs_steps.png").stat().st_size > 10_000
+
+
+def test_eval_can_score_with_the_reference_lm(tiny_dit, tiny_cfg):
+    from ldlm.eval.compare import run_eval
+    from ldlm.train.ar import run_ar, run_reference
+
+    _, run_dir, _ = tiny_dit
+    if not (run_dir / "ar" / "result.json").exists():
+        run_ar(tiny_cfg, run_dir)
+    cfg = tiny_cfg.override(["eval.reference=reference", "eval.samplers=dpm++",
+                             "eval.steps=2", "eval.guidance_scales=1"])
+    with pytest.raises(MissingStageError, match="make reference"):
+        run_eval(cfg, run_dir)
+    out = run_reference(cfg, run_dir)
+    assert (run_dir / "reference" / "result.json").exists() and out["validation"]
+    report = run_eval(cfg, run_dir)
+    assert report["reference_lm"].startswith("the reference LM (make reference: 3 layers")

@@ -8,8 +8,9 @@ the training split) and the wall-clock seconds per block. Real test blocks are s
 same way as the reference point. Class-conditional ldlm samples are classified by a
 bag-of-words topic classifier trained on the training split, per guidance scale.
 
-The reference LM here is the AR baseline itself (`make ar`): scoring the baseline's own
-samples with it favours the baseline, and the report says so.
+The reference LM is `eval.reference`: "ar", the AR baseline itself (scoring the baseline's
+own samples with it favours the baseline), or "reference", a larger LM trained longer
+(`make reference`); the report names the one used.
 
 Writes eval/results.json and eval/quality_vs_steps.png.
 """
@@ -121,7 +122,19 @@ def run_eval(cfg: Config, run_dir) -> dict:
     L = pipe.vae.block_len
     ar = load_stage_model(run_dir, "ar", build_ar(ar_cfg, pipe.vae.tokenizer.vocab_size),
                           ar_cfg.ar_train, ar_cfg.seed)
-    ref = ReferenceLM(ar, L)
+    if e.reference == "ar":
+        ref = ReferenceLM(ar, L)
+        ref_name = "the AR baseline itself (make ar); it favours its own samples"
+    else:
+        ref_cfg = stage_config(run_dir, "reference", "the reference LM")
+        ref = ReferenceLM(load_stage_model(
+            run_dir, "reference", build_ar(ref_cfg, pipe.vae.tokenizer.vocab_size,
+                                           "reference"),
+            ref_cfg.reference_train, ref_cfg.seed), L)
+        r = ref_cfg.reference
+        ref_name = (f"the reference LM (make reference: {r.layers} layers, width {r.width}, "
+                    f"{ref_cfg.reference_train.steps} steps)")
+    log.info("reference LM: %s", ref_name)
     n = e.num_samples
 
     train_seqs, train_labels = split_blocks(run_dir, "train")
@@ -164,7 +177,7 @@ def run_eval(cfg: Config, run_dir) -> dict:
             log.info("ldlm %s %d steps: %s", sampler, steps, _brief(rows[-1]))
 
     topic = _topic_accuracy(pipe, classifier, e, real, real_labels, pick)
-    report = {"reference_lm": "the AR baseline itself (make ar); it favours its own samples",
+    report = {"reference_lm": ref_name,
               "num_samples": n, "block_len": L, "device": jax.devices()[0].device_kind,
               "table": rows, "topic_accuracy": topic,
               "examples": {"real": pipe.vae.tokenizer.decode(real[0]),

@@ -1,5 +1,7 @@
-"""The autoregressive baseline stage (`make ar`): next-token cross-entropy on the same token
-blocks as the VAE, trained by the same loop.
+"""Causal LM stages: the autoregressive baseline (`make ar`, config sections `ar` /
+`ar_train`) and the larger reference LM for generative perplexity (`make reference`,
+`reference` / `reference_train`): next-token cross-entropy on the same token blocks as the
+VAE, trained by the same loop.
 
 Input of a block: [EOS, t_0 .. t_{L-2}]; targets: [t_0 .. t_{L-1}]; only real tokens count
 (the EOS at a document's end is a target, so the model learns where texts stop).
@@ -21,6 +23,7 @@ from ldlm.train.loop import Task, TrainResult, train
 from ldlm.train.vae import compute_dtype
 
 STAGE = "ar"
+STAGES = ("ar", "reference")
 RESULT_FILE = "result.json"
 ARCHITECTURE = ("width", "heads", "mlp_dim", "layers")
 
@@ -42,37 +45,44 @@ def ar_loss(model: CausalLM, batch, rng, step, train: bool):
     return nll, {"nll": nll, "accuracy": accuracy, "tokens": maskf.sum()}
 
 
-def build_ar(cfg: Config, vocab_size: int):
-    dtype = compute_dtype(cfg.ar_train.compute_dtype)
-    return lambda rngs: CausalLM(cfg.ar, vocab_size, rngs=rngs, dtype=dtype,
-                                     remat=cfg.ar_train.remat)
+def build_ar(cfg: Config, vocab_size: int, stage: str = STAGE):
+    model_cfg, train_cfg = getattr(cfg, stage), getattr(cfg, f"{stage}_train")
+    dtype = compute_dtype(train_cfg.compute_dtype)
+    return lambda rngs: CausalLM(model_cfg, vocab_size, rngs=rngs, dtype=dtype,
+                                 remat=train_cfg.remat)
 
 
-def ar_task(cfg: Config, run_dir, mesh) -> Task:
+def ar_task(cfg: Config, run_dir, mesh, stage: str = STAGE) -> Task:
     meta = read_meta(pipeline.blocks_dir(run_dir))  # MissingStageError -> make tokenizer
+    model_cfg = getattr(cfg, stage)
     return Task(
-        stage=STAGE, train_cfg=cfg.ar_train,
-        build_model=build_ar(cfg, meta["vocab_size"]), loss_fn=ar_loss,
+        stage=stage, train_cfg=getattr(cfg, f"{stage}_train"),
+        build_model=build_ar(cfg, meta["vocab_size"], stage), loss_fn=ar_loss,
         train_batches=pipeline.train_batches(cfg, run_dir, mesh),
         eval_batches=lambda: pipeline.eval_batches(cfg, run_dir, mesh),
-        frozen={**{f"ar.{k}": getattr(cfg.ar, k) for k in ARCHITECTURE},
+        frozen={**{f"{stage}.{k}": getattr(model_cfg, k) for k in ARCHITECTURE},
                 "data.block_len": cfg.data.block_len, "vocab_size": meta["vocab_size"]})
 
 
-def train_ar(cfg: Config, run_dir) -> TrainResult:
-    rundir.start_stage(cfg, run_dir, STAGE)
+def train_ar(cfg: Config, run_dir, stage: str = STAGE) -> TrainResult:
+    rundir.start_stage(cfg, run_dir, stage)
     mesh = make_mesh(cfg.mesh)
-    return train(cfg, run_dir, ar_task(cfg, run_dir, mesh), mesh)
+    return train(cfg, run_dir, ar_task(cfg, run_dir, mesh, stage), mesh)
 
 
-def run_ar(cfg: Config, run_dir) -> dict:
-    """`make ar`: train (or resume) the baseline; writes its time and validation loss."""
+def run_ar(cfg: Config, run_dir, stage: str = STAGE) -> dict:
+    """`make ar` / `make reference`: train (or resume) the causal LM of `stage`; writes its
+    training time and validation loss to <stage>/result.json."""
     from ldlm.metrics import read_metrics
 
-    result = train_ar(cfg, run_dir)
-    rows = [r for r in read_metrics(rundir.stage_dir(run_dir, STAGE))
+    result = train_ar(cfg, run_dir, stage)
+    rows = [r for r in read_metrics(rundir.stage_dir(run_dir, stage))
             if r["split"] == "validation"]
     out = {"train_seconds": round(result.seconds, 1), "validation": rows[-1] if rows else {}}
     if rundir.is_main_process():
-        rundir.write_json_atomic(rundir.stage_dir(run_dir, STAGE) / RESULT_FILE, out)
+        rundir.write_json_atomic(rundir.stage_dir(run_dir, stage) / RESULT_FILE, out)
     return out
+
+
+def run_reference(cfg: Config, run_dir) -> dict:
+    return run_ar(cfg, run_dir, "reference")
