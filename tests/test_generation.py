@@ -8,6 +8,7 @@ import pytest
 
 from ldlm.errors import MissingStageError
 from ldlm.pipeline import LatentDiffusionPipeline, PipelineError
+from tests.helpers import link_stages
 
 PROMPT = "Shares in the firm rose on Monday after it reported higher profits."
 
@@ -18,8 +19,9 @@ def pipe(tiny_dit):
     return LatentDiffusionPipeline.from_pretrained(run_dir)
 
 
-def test_from_a_run_without_a_dit_names_make_dit(trained_tiny):
-    _, run_dir, _ = trained_tiny
+def test_from_a_run_without_a_dit_names_make_dit(trained_tiny, tmp_path):
+    _, src, _ = trained_tiny
+    run_dir = link_stages(src, tmp_path / "no_dit", ("data", "tokenizer", "vae"))
     with pytest.raises(MissingStageError, match="make dit"):
         LatentDiffusionPipeline.from_pretrained(run_dir)
 
