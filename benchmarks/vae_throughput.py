@@ -17,33 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldlm.config import Config, load_experiment
+from ldlm.config import load_experiment
+from ldlm.flops import forward_flops, matmul_flops_per_s
 from ldlm.mesh import make_mesh
 from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
 from ldlm.train.vae import build_vae, vae_loss
-
-
-def vae_flops_per_token(cfg: Config, vocab: int) -> float:
-    """Forward matmul FLOPs per token position (2 per multiply-add)."""
-    v, L = cfg.vae, cfg.data.block_len
-    W, F, D = v.width, v.mlp_dim, v.latent_dim
-    per_layer = 2 * (4 * W * W + 3 * W * F) + 2 * 2 * L * W  # projections, MLP, attention
-    layers = (v.encoder_layers + v.decoder_layers) * per_layer
-    latent = 2 * (2 * W * D) + 2 * (D * W)  # to mean + log-variance, from latent
-    head = 2 * W * vocab + 2 * W
-    return layers + latent + head
-
-
-def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        out = f(a, a)
-    out.block_until_ready()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -83,7 +62,7 @@ def main() -> None:
     peak = (peak_before + peak_after) / 2
 
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    model_flops = 3 * vae_flops_per_token(cfg, args.vocab) * B * L  # forward + backward
+    model_flops = 3 * forward_flops("vae", cfg, args.vocab, B)  # forward + backward
     achieved = model_flops / seconds
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, mesh {dict(mesh.shape)}")
     print(f"VAE preset {args.preset}: {n_params / 1e6:.2f}M parameters, batch {B} x L {L}, "

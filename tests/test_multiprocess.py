@@ -2,7 +2,6 @@
 checkpoint, resume, and end with the parameters of one process over the same batches."""
 
 import os
-import pathlib
 import subprocess
 import sys
 
