@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ldlm.mesh import constrain_batch
+
 Dtype = jnp.dtype
 
 
@@ -181,8 +183,6 @@ class Block(nnx.Module):
 def call_block(block, remat: bool, *args):
     """block(*args) at a block boundary: the batch axis pinned to the mesh's batch axes, and
     with `remat` the block's activations recomputed in the backward pass (nnx.remat)."""
-    from ldlm.mesh import constrain_batch
-
     args = (constrain_batch(args[0]),) + args[1:]
     if remat:
         return nnx.remat(lambda b, *a: b(*a))(block, *args)

@@ -138,32 +138,22 @@ def _accumulated_grads(loss_fn: LossFn, graphdef, state: TrainState, batch: Batc
     counts add up; every other metric is averaged."""
     micro = jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
 
-    def one(carry, inputs):
-        i, mb = inputs
-
+    def one(i, mb):
         def objective(params):
             return loss_fn(nnx.merge(graphdef, params), mb, jax.random.fold_in(rng, i),
                            state.step, True)
 
         (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        total = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
-        return total, None
+        return loss, metrics, grads
 
+    def add(total, inputs):
+        return jax.tree.map(jnp.add, total, one(*inputs)), None
+
+    first = one(0, jax.tree.map(lambda x: x[0], micro))
     (loss, metrics, grads), _ = jax.lax.scan(
-        one, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
-            lambda: _first_micro(loss_fn, graphdef, state, micro, rng))),
-        (jnp.arange(k), micro))
+        add, first, (jnp.arange(1, k), jax.tree.map(lambda x: x[1:], micro)))
     metrics = {n: v if n == "tokens" else v / k for n, v in metrics.items()}
     return loss / k, metrics, jax.tree.map(lambda g: g / k, grads)
-
-
-def _first_micro(loss_fn, graphdef, state, micro, rng):
-    """(loss, metrics, grads) of micro-batch 0: only its shapes are used (eval_shape)."""
-    mb = jax.tree.map(lambda x: x[0], micro)
-    (loss, metrics), grads = jax.value_and_grad(
-        lambda p: loss_fn(nnx.merge(graphdef, p), mb, rng, state.step, True),
-        has_aux=True)(state.params)
-    return loss, metrics, grads
 
 
 def make_eval_step(graphdef, loss_fn: LossFn):
