@@ -470,10 +470,12 @@ def preset_config(preset: str) -> Config:
             preset="cpu",
             data=DataConfig(block_len=64, batch_size=32),
             tokenizer=TokenizerConfig(vocab_size=8000),
-            # token masking off: in 800 steps every step goes to reconstruction; the latent
-            # noise alone gave 95% token accuracy at sigma 0.5
+            # 40% of the encoder's input tokens masked: the decoder has to fill them in from
+            # the other tokens, so it learns to write fluent text from partial latents. With
+            # the DiT below unchanged, 50-step DDIM samples scored gen-PPL 576 against 1155
+            # without masking (0.25: 706, 0.6: 521), for token accuracy 96.7% instead of 98.8%
             vae=VAEConfig(width=256, heads=4, mlp_dim=768, encoder_layers=2, decoder_layers=2,
-                          num_latents=16, latent_dim=64, token_mask_prob=0.0),
+                          num_latents=16, latent_dim=64, token_mask_prob=0.4),
             vae_train=TrainConfig(steps=800, lr=2e-3, checkpoint_every=200, log_every=20,
                                   eval_batches=8),
             # neighbour context pooled 4:1 (24 tokens, not 48) buys twice the steps; with
