@@ -13,6 +13,7 @@ guidance scale, eta and the start time are traced, so changing them never recomp
 - `infill`: the block between two texts.
 - `edit`: re-noise the latents of texts to `strength` and denoise again (SDEdit).
 - `trajectory`: the decoded clean-text estimate at every step.
+- `predict_clean`: the DiT's one-step clean estimate from noisy latents (diagnostics).
 Continuation and infilling need a DiT trained with `dit.use_context=true`.
 """
 
@@ -65,6 +66,7 @@ class LatentDiffusionPipeline:
         self._null = dit.null_label
         self._mean, self._std = np.asarray(mean_D, np.float32), np.asarray(std_D, np.float32)
         self._graphdef, self._params = nnx.split(dit)
+        self._predict = None
         self._jitted: dict = {}
 
     @classmethod
@@ -194,6 +196,28 @@ class LatentDiffusionPipeline:
                              sampler, grid, self._labels(label, n), guidance,
                              _Context.empty(n, self.N, self.D), eta)
 
+    def predict_clean(self, z_t_BxNxD, t_B, label=None) -> np.ndarray:
+        """The DiT's one-pass estimate of the clean normalised latents from noisy ones at
+        times t (no self-conditioning, no guidance, no context): B x N x D."""
+        z = jnp.asarray(z_t_BxNxD, jnp.float32)
+        labels = self._labels(label, z.shape[0])
+        if self._predict is None:
+            dcfg, graphdef = self.cfg.dit, self._graphdef
+
+            def predict(params, z, t, label_B):
+                a, s = schedules.alpha_sigma(schedules.logsnr(t, dcfg.schedule,
+                                                              dcfg.snr_scale))
+                out = nnx.merge(graphdef, params)(z, t, label_B=label_B)
+                return schedules.to_x0(dcfg.prediction, out, z, a, s)
+
+            self._predict = jax.jit(predict)
+        t = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (z.shape[0],))
+        return np.asarray(self._predict(self._params, z, t, jnp.asarray(labels)))
+
+    def denormalise(self, z_BxNxD) -> np.ndarray:
+        """Normalised latents (what the DiT sees) -> the VAE's latents."""
+        return (np.asarray(z_BxNxD, np.float32) * self._std + self._mean).astype(np.float32)
+
     def decode(self, z_BxNxD) -> list[str]:
         """Texts of normalised latent blocks."""
         return [self.vae.tokenizer.decode(ids) for ids in self._block_tokens(z_BxNxD)]
@@ -247,7 +271,7 @@ class LatentDiffusionPipeline:
 
     def _block_tokens(self, z_BxNxD) -> list[list[int]]:
         """Token ids of each normalised latent block: real positions, through the first EOS."""
-        tokens, real = self.vae.decode_tokens(np.asarray(z_BxNxD) * self._std + self._mean)
+        tokens, real = self.vae.decode_tokens(self.denormalise(z_BxNxD))
         out = []
         for t, m in zip(tokens, real):
             ids = [int(i) for i in t[m]]

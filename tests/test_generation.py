@@ -142,3 +142,26 @@ def test_sample_cli_prints_samples_and_speed(tiny_dit):
                           "--steps", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "steps must be" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_denoising_accuracy_of_the_clean_estimate(pipe, tiny_dit):
+    from ldlm.diffusion import schedules
+    from ldlm.eval.denoising import denoising_accuracy, validation_latents
+
+    _, run_dir, _ = tiny_dit
+    z0 = validation_latents(run_dir, 16)
+    assert z0.shape == (16, pipe.N, pipe.D)
+    rows = denoising_accuracy(pipe, z0, times=(0.02, 0.5, 0.98))
+    assert [r["t"] for r in rows] == [0.02, 0.5, 0.98]
+    # almost no noise: both decode mostly like the clean latents (the tiny VAE is fragile);
+    # the estimate is almost exact
+    assert rows[0]["accuracy_noisy"] > 0.85 and rows[0]["accuracy_estimate"] > 0.85
+    assert rows[0]["mse_estimate"] < 0.05
+    # nearly pure noise: the rescaled latents decode to little of the text
+    assert rows[2]["accuracy_noisy"] < rows[0]["accuracy_noisy"] - 0.3
+    _, sigma = schedules.alpha_sigma(schedules.logsnr(0.5, pipe.cfg.dit.schedule,
+                                                      pipe.cfg.dit.snr_scale))
+    assert rows[1]["mse_linear"] == pytest.approx(float(sigma) ** 2, rel=1e-5)
+    # the one-pass estimate is the network's own: a clean input at t ~ 0 comes back
+    x0 = pipe.predict_clean(z0, np.full(16, 1e-4, np.float32))
+    assert np.abs(x0 - z0).max() < 0.1

@@ -6,7 +6,7 @@ from ldlm.notebooks import NOTEBOOKS_DIR, run_notebooks
 
 PLOTS = {"latent_geometry": ["latent_projection.png", "accuracy_vs_noise.png",
                              "latent_dimensions.png"],
-         "denoising": ["guidance_vs_topic_accuracy.png"],
+         "denoising": ["denoising_accuracy.png", "guidance_vs_topic_accuracy.png"],
          "quickstart": []}
 
 
