@@ -167,3 +167,4 @@ def test_dit_without_latents_names_make_latents(trained_tiny):
     cfg, run_dir, _ = trained_tiny
     with pytest.raises(MissingStageError, match="make latents"):
         train_dit(cfg, run_dir)
+    assert not (run_dir / "dit").exists()  # nothing that looks like a started stage

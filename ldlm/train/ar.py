@@ -65,9 +65,10 @@ def ar_task(cfg: Config, run_dir, mesh, stage: str = STAGE) -> Task:
 
 
 def train_ar(cfg: Config, run_dir, stage: str = STAGE) -> TrainResult:
-    rundir.start_stage(cfg, run_dir, stage)
     mesh = make_mesh(cfg.mesh)
-    return train(cfg, run_dir, ar_task(cfg, run_dir, mesh, stage), mesh)
+    task = ar_task(cfg, run_dir, mesh, stage)  # a missing input stage raises first
+    rundir.start_stage(cfg, run_dir, stage)
+    return train(cfg, run_dir, task, mesh)
 
 
 def run_ar(cfg: Config, run_dir, stage: str = STAGE) -> dict:

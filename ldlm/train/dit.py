@@ -17,7 +17,6 @@ import logging
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from ldlm import rundir
@@ -106,28 +105,26 @@ def sample_latents(model: DiT, cfg: DiTConfig, n: int, steps: int, seed: int,
 
 
 def sample_dump_hook(cfg: Config, run_dir, label_names, per_label: int = 1):
-    """Writes decoded class-conditional samples at each budget of dit.sample_steps."""
+    """Writes decoded class-conditional samples (DDIM, EMA weights) at each budget of
+    dit.sample_steps, through the same pipeline that `make sample` uses."""
+    from ldlm.pipeline import LatentDiffusionPipeline
     from ldlm.textvae import TextVAE
 
     vae = TextVAE.from_run(run_dir)
     mean, std = latents_lib.read_stats(run_dir)
     budgets = [int(x) for x in cfg.dit.sample_steps.split(",") if x.strip()]
-    labels = np.repeat(np.arange(max(1, len(label_names))), per_label)
+    labels = [name for name in label_names for _ in range(per_label)] or None
+    n = len(labels) if labels else per_label
     out_dir = rundir.stage_dir(run_dir, STAGE) / "samples"
-    samplers_by_budget = {}
 
     def hook(step: int, graphdef, params):
         params = jax.tree.map(to_host, params)  # sample on the host's default device
-        result = {}
-        for b in budgets:
-            if b not in samplers_by_budget:
-                samplers_by_budget[b] = jax.jit(lambda p, b=b: sample_latents(
-                    nnx.merge(graphdef, p), cfg.dit, len(labels), b, cfg.seed,
-                    labels if label_names else None))
-            z = np.asarray(samplers_by_budget[b](params)) * std[None, None] + mean[None, None]
-            texts = vae.decode(z.astype(np.float32))
-            result[str(b)] = [{"label": label_names[l] if label_names else None, "text": t}
-                              for l, t in zip(labels, texts)]
+        pipe = LatentDiffusionPipeline(cfg, nnx.merge(graphdef, params), vae, mean, std,
+                                       label_names)
+        result = {str(b): [{"label": label, "text": text} for label, text in zip(
+            labels or [None] * n,
+            pipe.generate(n=n, steps=b, sampler="ddim", label=labels, seed=cfg.seed))]
+            for b in budgets}
         if rundir.is_main_process():
             out_dir.mkdir(parents=True, exist_ok=True)
             rundir.write_json_atomic(out_dir / f"step_{step}.json", result)
@@ -164,9 +161,10 @@ def dit_task(cfg: Config, run_dir, mesh, with_samples: bool = True) -> Task:
 
 
 def train_dit(cfg: Config, run_dir, with_samples: bool = True) -> TrainResult:
-    rundir.start_stage(cfg, run_dir, STAGE)
     mesh = make_mesh(cfg.mesh)
-    return train(cfg, run_dir, dit_task(cfg, run_dir, mesh, with_samples), mesh)
+    task = dit_task(cfg, run_dir, mesh, with_samples)  # a missing input stage raises first
+    rundir.start_stage(cfg, run_dir, STAGE)
+    return train(cfg, run_dir, task, mesh)
 
 
 def run_dit(cfg: Config, run_dir) -> dict:

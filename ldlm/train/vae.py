@@ -111,9 +111,10 @@ def vae_task(cfg: Config, run_dir, mesh) -> Task:
 
 def train_vae(cfg: Config, run_dir) -> TrainResult:
     """Trains (or resumes) the VAE of `run_dir`; no evaluation."""
-    rundir.start_stage(cfg, run_dir, STAGE)
     mesh = make_mesh(cfg.mesh)
-    return train(cfg, run_dir, vae_task(cfg, run_dir, mesh), mesh)
+    task = vae_task(cfg, run_dir, mesh)  # a missing input stage raises before vae/ exists
+    rundir.start_stage(cfg, run_dir, STAGE)
+    return train(cfg, run_dir, task, mesh)
 
 
 def run_vae(cfg: Config, run_dir) -> dict:
