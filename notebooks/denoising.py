@@ -63,6 +63,7 @@ ax.plot(ts, [r["accuracy_estimate"] for r in rows], "s-", label="DiT clean estim
 ax.set_xlabel("diffusion time t")
 ax.set_ylabel("token accuracy")
 ax.legend()
+fig.tight_layout()
 fig.savefig(OUT_DIR / "denoising_accuracy.png", dpi=80)
 plt.show()
 for r in rows:
