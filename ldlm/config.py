@@ -118,6 +118,10 @@ class DiTConfig:
     context_dropout: float = 0.5  # each neighbouring block's latents dropped with this prob
     use_context: bool = True  # condition on the previous / next block of the document
     context_pool: int = 4  # neighbour latents merged into one context token (1 = keep all N)
+    # weight of the frozen VAE decoder's token cross-entropy on the clean estimate (x alpha^2)
+    token_loss_weight: float = 0.0
+    # feed the DiT the frozen VAE decoder's hidden states of its noisy input
+    decoder_reading: bool = False
     sample_every: int = 0  # decoded sample dumps every K steps (0 = only at the end)
     sample_steps: str = "10,50"  # step budgets of the dumps, comma separated
 
@@ -273,6 +277,8 @@ class Config:
                               "heads of even width (RoPE)")
         if t.snr_scale <= 0:
             raise ConfigError(f"dit.snr_scale={t.snr_scale} must be > 0")
+        if t.token_loss_weight < 0:
+            raise ConfigError(f"dit.token_loss_weight={t.token_loss_weight} must be >= 0")
         try:
             budgets = [int(x) for x in t.sample_steps.split(",") if x.strip()]
         except ValueError:

@@ -33,6 +33,7 @@ from ldlm.data.tokenizer import EOS_ID
 from ldlm.diffusion import samplers, schedules
 from ldlm.errors import LdlmError
 from ldlm.loading import load_stage_model, stage_config
+from ldlm.models.dit import read_latents
 from ldlm.textvae import TextVAE
 
 
@@ -66,6 +67,10 @@ class LatentDiffusionPipeline:
         self._null = dit.null_label
         self._mean, self._std = np.asarray(mean_D, np.float32), np.asarray(std_D, np.float32)
         self._graphdef, self._params = nnx.split(dit)
+        # the frozen decoder's reading of the noisy latents, for a DiT trained with it
+        self._vae_graphdef, vae_params = nnx.split(vae.model)
+        self._reader = {"vae": vae_params, "mean": jnp.asarray(self._mean),
+                        "std": jnp.asarray(self._std)}
         self._predict = None
         self._jitted: dict = {}
 
@@ -179,7 +184,7 @@ class LatentDiffusionPipeline:
         z_T = jax.random.normal(key, (n, self.N, self.D))
         guided = self._guided(labels, guidance)
         fn = jax.jit(self._denoiser(sampler, grid, guided, trajectory_steps=steps))
-        z, estimates = fn(self._params, z_T, steps, jax.random.fold_in(key, 2),
+        z, estimates = fn(self._params, self._reader, z_T, steps, jax.random.fold_in(key, 2),
                           jnp.asarray(labels), jnp.float32(guidance),
                           _Context.empty(n, self.N, self.D).arrays(), jnp.float32(1.0),
                           jnp.float32(eta))
@@ -204,15 +209,27 @@ class LatentDiffusionPipeline:
         if self._predict is None:
             dcfg, graphdef = self.cfg.dit, self._graphdef
 
-            def predict(params, z, t, label_B):
+            def predict(params, reader, z, t, label_B):
                 a, s = schedules.alpha_sigma(schedules.logsnr(t, dcfg.schedule,
                                                               dcfg.snr_scale))
-                out = nnx.merge(graphdef, params)(z, t, label_B=label_B)
+                out = nnx.merge(graphdef, params)(z, t, label_B=label_B,
+                                                  **self._reading(reader, z, t))
                 return schedules.to_x0(dcfg.prediction, out, z, a, s)
 
             self._predict = jax.jit(predict)
         t = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (z.shape[0],))
-        return np.asarray(self._predict(self._params, z, t, jnp.asarray(labels)))
+        return np.asarray(self._predict(self._params, self._reader, z, t,
+                                        jnp.asarray(labels)))
+
+    def _reading(self, reader, z_BxNxD, t_B) -> dict:
+        """The DiT's `reading_BxNxF` keyword (empty for a DiT trained without it)."""
+        dcfg = self.cfg.dit
+        if not dcfg.decoder_reading:
+            return {}
+        a, _ = schedules.alpha_sigma(schedules.logsnr(t_B, dcfg.schedule, dcfg.snr_scale))
+        vae = nnx.merge(self._vae_graphdef, reader["vae"])
+        return {"reading_BxNxF": read_latents(vae, z_BxNxD, a, reader["mean"],
+                                              reader["std"])}
 
     def denormalise(self, z_BxNxD) -> np.ndarray:
         """Normalised latents (what the DiT sees) -> the VAE's latents."""
@@ -226,16 +243,18 @@ class LatentDiffusionPipeline:
     def _denoiser(self, sampler: str, grid: str, guided: bool, trajectory_steps=None):
         dcfg, graphdef, null = self.cfg.dit, self._graphdef, self._null
 
-        def run(params, z, steps, key, label_B, guidance, ctx, t_start, eta):
+        def run(params, reader, z, steps, key, label_B, guidance, ctx, t_start, eta):
             model = nnx.merge(graphdef, params)
 
             def net(z, t, sc):
+                reading = self._reading(reader, z, t)
                 if not guided:
-                    return model(z, t, self_cond_BxNxD=sc, label_B=label_B, **ctx)
+                    return model(z, t, self_cond_BxNxD=sc, label_B=label_B, **ctx,
+                                 **reading)
                 two = lambda x: jnp.concatenate([x, x])  # noqa: E731
                 out = model(two(z), two(t), self_cond_BxNxD=two(sc),
                             label_B=jnp.concatenate([label_B, jnp.full_like(label_B, null)]),
-                            **{k: two(v) for k, v in ctx.items()})
+                            **{k: two(v) for k, v in {**ctx, **reading}.items()})
                 cond, uncond = jnp.split(out, 2)
                 return samplers.guide(cond, uncond, guidance)
 
@@ -253,7 +272,7 @@ class LatentDiffusionPipeline:
         if cache_key not in self._jitted:
             self._jitted[cache_key] = jax.jit(self._denoiser(sampler, grid, guided))
         return self._jitted[cache_key](
-            self._params, jnp.asarray(z, jnp.float32), jnp.int32(steps),
+            self._params, self._reader, jnp.asarray(z, jnp.float32), jnp.int32(steps),
             jax.random.fold_in(key, 2), jnp.asarray(labels), jnp.float32(guidance),
             ctx.arrays(), jnp.float32(t_start), jnp.float32(eta))
 

@@ -41,6 +41,7 @@ class TextVAE:
         self.tokenizer = tokenizer
         self.block_len = cfg.data.block_len
         self.num_latents, self.latent_dim = cfg.vae.num_latents, cfg.vae.latent_dim
+        self.model = model  # the TextVAEModel (nnx)
         self._codec = Codec(model)
 
     # ------------------------------------------------------------------ loading

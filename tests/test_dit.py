@@ -1,5 +1,6 @@
 """Latent cache, DiT model, DiT training stage."""
 
+import dataclasses
 import json
 
 import jax
@@ -7,18 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldlm.checkpoint import Checkpointer
 from ldlm.config import DiTConfig, MeshConfig
 from ldlm.data import latents as latents_lib
-from ldlm.errors import MissingStageError
+from ldlm.errors import ConfigError, MissingStageError
 from ldlm.mesh import PARAM_RULES, make_mesh
 from ldlm.models.dit import DiT, timestep_embedding
 from ldlm.textvae import TextVAE
-from ldlm.train.dit import dit_loss, sample_latents, train_dit
+from ldlm.train.dit import (decoder_token_scores, dit_loss, frozen_decoder, sample_latents,
+                            train_dit)
 from ldlm.train.loop import replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
-from tests.helpers import fit
+from tests.helpers import fit, link_stages
 
 CFG = DiTConfig(width=64, heads=2, mlp_dim=128, layers=2)
 
@@ -139,6 +142,84 @@ def test_latent_cache_matches_the_vae_and_knows_neighbours(tiny_dit):
     block = decode_record(pipeline.block_source(run_dir, "validation")[3])
     z = vae.encode_tokens(block["tokens"][None])[0]
     np.testing.assert_allclose((z - mean) / std, src[3]["z"], rtol=1e-4, atol=1e-4)
+    # ... and carry the block's tokens with its padding mask
+    np.testing.assert_array_equal(src[3]["tokens"], block["tokens"])
+    np.testing.assert_array_equal(src[3]["token_mask"], block["mask"])
+
+
+def test_latent_cache_of_an_older_version_is_refused(tiny_dit, tmp_path):
+    _, run_dir, _ = tiny_dit
+    meta = latents_lib.read_meta(run_dir)
+    del meta["block_len"]  # what caches whose records held no tokens wrote
+    (tmp_path / "latents").mkdir()
+    (tmp_path / "latents" / latents_lib.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="rerun `make latents`"):
+        latents_lib.read_meta(tmp_path)
+
+
+def _latent_batch(run_dir, n=16):
+    src = latents_lib.LatentSource(run_dir, "validation")
+    items = [src[i] for i in range(n)]
+    return {k: jnp.asarray(np.stack([it[k] for it in items])) for k in items[0]}
+
+
+def test_token_scores_are_the_decoders_and_the_token_loss_reaches_the_dit(tiny_dit):
+    cfg, run_dir, result = tiny_dit
+    graphdef, fixed = frozen_decoder(run_dir, result.mesh)  # laid out like the DiT
+    batch = jax.device_put(_latent_batch(run_dir), NamedSharding(result.mesh, P()))
+    # on the cached (clean) latents, the scores are the VAE's own reconstruction accuracy
+    vae = TextVAE.from_run(run_dir)
+    clean = batch["z"] * fixed["std"][None, None] + fixed["mean"][None, None]
+    _, acc_B = decoder_token_scores(nnx.merge(graphdef, fixed["vae"]).decode, clean,
+                                    batch["tokens"], batch["token_mask"])
+    tokens, _ = vae.decode_tokens(np.asarray(clean))
+    m = np.asarray(batch["token_mask"])
+    expected = [(tokens[i] == np.asarray(batch["tokens"][i]))[m[i]].mean() for i in range(16)]
+    np.testing.assert_allclose(np.asarray(acc_B), expected, atol=1e-6)
+
+    model = result.model()
+    rng = jax.random.PRNGKey(3)
+
+    def loss(weight, train):
+        c = dataclasses.replace(cfg.dit, token_loss_weight=weight)
+        return dit_loss(model, batch, rng, 0, train, cfg=c, block_len=cfg.data.block_len,
+                        decoder_graphdef=graphdef, fixed=fixed)
+
+    (l0, m0), (l1, m1) = loss(0.0, True), loss(0.5, True)
+    assert "token_ce" not in m0  # no decoding in training without the token loss
+    assert float(l1) > float(l0) and 0 < float(m1["token_ce"])
+    # evaluation reports the estimate's token scores but scores the diffusion loss alone
+    (e0, n0), (e1, n1) = loss(0.0, False), loss(0.5, False)
+    assert float(e0) == float(e1) and 0 <= float(n0["token_accuracy"]) <= 1
+    grads = [nnx.grad(lambda m, w=w: dit_loss(
+        m, batch, rng, 0, True, cfg=dataclasses.replace(cfg.dit, token_loss_weight=w),
+        block_len=cfg.data.block_len, decoder_graphdef=graphdef, fixed=fixed)[0])(model)
+        for w in (0.0, 0.5)]
+    g0, g1 = (jax.tree.leaves(nnx.state(g, nnx.Param)) for g in grads)
+    assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(g0, g1))
+
+
+def test_dit_reading_the_decoder_trains_samples_and_uses_its_reading(tiny_dit,
+                                                                      tmp_path_factory):
+    from ldlm.pipeline import LatentDiffusionPipeline
+
+    cfg, src, _ = tiny_dit
+    run_dir = link_stages(src, tmp_path_factory.mktemp("reading_run"),
+                          ("data", "tokenizer", "vae", "latents"))
+    cfg = cfg.override(["dit.decoder_reading=true", "dit.token_loss_weight=0.3",
+                        "dit_train.steps=20", "dit_train.checkpoint_every=20"])
+    train_dit(cfg, run_dir, with_samples=False)
+    pipe = LatentDiffusionPipeline.from_pretrained(run_dir)
+    texts = pipe.generate(n=2, steps=4, sampler="ddim", seed=0)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    # the DiT's output depends on the decoder's reading of its input
+    model = _randomize(nnx.merge(pipe._graphdef, pipe._params))
+    z = jax.random.normal(jax.random.PRNGKey(0), (2, model.N, model.D))
+    t = jnp.array([0.3, 0.6])
+    reading = pipe._reading(pipe._reader, z, t)["reading_BxNxF"]
+    a = model(z, t, reading_BxNxF=reading)
+    b = model(z, t, reading_BxNxF=jnp.zeros_like(reading))
+    assert not np.allclose(np.asarray(a), np.asarray(b))
 
 
 def test_dit_stage_writes_curves_samples_and_restores_identical_ema(tiny_dit):

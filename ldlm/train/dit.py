@@ -1,7 +1,13 @@
 """Stage 2 (`make dit`): train the latent DiT on the cached, normalised VAE latents.
 
 Objective: the squared error of the network output against its target (eps, x0 or v) at a
-random time, optionally min-SNR weighted. In training, the class label is replaced by the
+random time, optionally min-SNR weighted, plus (`dit.token_loss_weight`) the token
+cross-entropy of the frozen VAE decoder on the DiT's clean estimate, weighted by alpha_t^2 so
+that it speaks where the estimate can know the tokens (the squared error alone rewards a
+blurred average of the plausible latents; the token term asks the estimate to decode to the
+block's words). Validation always reports the estimate's token accuracy. With
+`dit.decoder_reading` the DiT also sees the frozen decoder's hidden states of its noisy
+input (`ldlm.models.dit.read_latents`). In training, the class label is replaced by the
 null label with probability `label_dropout` (classifier-free guidance), each neighbouring
 block is dropped with probability `context_dropout` (one model for unconditional generation,
 continuation and infilling), and with probability `self_cond_prob` the network first
@@ -17,7 +23,10 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldlm import rundir
 from ldlm.config import Config, DiTConfig
@@ -25,14 +34,15 @@ from ldlm.data import latents as latents_lib
 from ldlm.diffusion import samplers, schedules
 from ldlm.errors import ConfigError
 from ldlm.mesh import make_mesh, to_host
-from ldlm.models.dit import DiT
+from ldlm.models.dit import DiT, read_latents
 from ldlm.train.loop import Task, TrainResult, train
 from ldlm.train.vae import compute_dtype
 
 log = logging.getLogger("ldlm.dit")
 STAGE = "dit"
 RESULT_FILE = "result.json"
-ARCHITECTURE = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool")
+ARCHITECTURE = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool",
+                "decoder_reading")
 
 
 def conditioning(batch, model: DiT, cfg: DiTConfig, rng, train: bool) -> dict:
@@ -53,7 +63,23 @@ def conditioning(batch, model: DiT, cfg: DiTConfig, rng, train: bool) -> dict:
             "next_BxNxD": batch["next"], "has_next_B": has_next}
 
 
-def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block_len: int):
+def decoder_token_scores(decode, z_BxNxD, tokens_BxL, mask_BxL):
+    """Per-example token cross-entropy and accuracy (over real tokens) of decoding the
+    un-normalised latents z with `decode(z) -> (logits_BxLxV, real_BxL)`."""
+    logits, _ = decode(z_BxNxD)
+    maskf = mask_BxL.astype(jnp.float32)
+    n_B = jnp.maximum(maskf.sum(-1), 1.0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens_BxL)
+    hit = (jnp.argmax(logits, -1) == tokens_BxL).astype(jnp.float32)
+    return (ce * maskf).sum(-1) / n_B, (hit * maskf).sum(-1) / n_B
+
+
+def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block_len: int,
+             decoder_graphdef=None, fixed=None):
+    """Diffusion loss of one batch; with `fixed` ({"vae": decoder params, "mean", "std": the
+    latent statistics}) and `decoder_graphdef`, also the decoder's token scores of the clean
+    estimate (in the loss when `cfg.token_loss_weight` > 0 in training, always reported in
+    evaluation)."""
     x0 = batch["z"]
     B = x0.shape[0]
     rows = (batch["doc_index"] >= 0).astype(jnp.float32)  # eval passes end in padding rows
@@ -65,6 +91,9 @@ def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block
     eps = jax.random.normal(k_eps, x0.shape)
     z = schedules.q_sample(x0, eps, a, s)
     cond = conditioning(batch, model, cfg, k_cond, train)
+    vae = nnx.merge(decoder_graphdef, fixed["vae"]) if fixed is not None else None
+    if cfg.decoder_reading:
+        cond["reading_BxNxF"] = read_latents(vae, z, a, fixed["mean"], fixed["std"])
     self_cond = None
     if train and cfg.self_cond_prob > 0:
         first = model(z, t, **cond)
@@ -79,14 +108,24 @@ def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block
     loss = (w * per_example * rows).sum() / n
     x0_hat = schedules.to_x0(cfg.prediction, out, z, a, s)
     mse_x0 = (jnp.mean((x0_hat - x0) ** 2, axis=(1, 2)) * rows).sum() / n
-    return loss, {"mse": (per_example * rows).sum() / n, "mse_x0": mse_x0,
-                  "tokens": rows.sum() * block_len}
+    metrics = {"mse": (per_example * rows).sum() / n, "mse_x0": mse_x0,
+               "tokens": rows.sum() * block_len}
+    if fixed is not None and (cfg.token_loss_weight > 0 or not train):
+        x0_hat_vae = x0_hat * fixed["std"][None, None] + fixed["mean"][None, None]
+        ce_B, acc_B = decoder_token_scores(vae.decode, x0_hat_vae, batch["tokens"],
+                                           batch["token_mask"])
+        metrics["token_ce"] = (ce_B * rows).sum() / n
+        metrics["token_accuracy"] = (acc_B * rows).sum() / n
+        if train:
+            loss = loss + cfg.token_loss_weight * (a * a * ce_B * rows).sum() / n
+    return loss, metrics
 
 
 def build_dit(cfg: Config, num_latents: int, latent_dim: int, num_classes: int):
     dtype = compute_dtype(cfg.dit_train.compute_dtype)
+    reading_dim = cfg.vae.width * (cfg.data.block_len // num_latents)
     return lambda rngs: DiT(cfg.dit, num_latents, latent_dim, num_classes, rngs=rngs,
-                            dtype=dtype, remat=cfg.dit_train.remat)
+                            dtype=dtype, remat=cfg.dit_train.remat, reading_dim=reading_dim)
 
 
 def sample_latents(model: DiT, cfg: DiTConfig, n: int, steps: int, seed: int,
@@ -136,6 +175,23 @@ def sample_dump_hook(cfg: Config, run_dir, label_names, per_label: int = 1):
     return hook
 
 
+def frozen_decoder(run_dir, mesh):
+    """(graphdef, fixed) for `dit_loss`: the run's VAE (EMA weights) and the latent
+    statistics, replicated over `mesh`."""
+    from ldlm.textvae import TextVAE
+
+    graphdef, params = nnx.split(TextVAE.from_run(run_dir).model)
+    mean, std = latents_lib.read_stats(run_dir)
+    replicated = NamedSharding(mesh, P())
+
+    def place(x):
+        x = np.asarray(to_host(x))
+        return jax.make_array_from_callback(x.shape, replicated, lambda idx: x[idx])
+
+    fixed = {"vae": jax.tree.map(place, params), "mean": place(mean), "std": place(std)}
+    return graphdef, fixed
+
+
 def dit_task(cfg: Config, run_dir, mesh, with_samples: bool = True) -> Task:
     meta = latents_lib.read_meta(run_dir)  # MissingStageError -> make latents
     N, D = meta["num_latents"], meta["latent_dim"]
@@ -143,10 +199,12 @@ def dit_task(cfg: Config, run_dir, mesh, with_samples: bool = True) -> Task:
         raise ConfigError(f"dit.context_pool={cfg.dit.context_pool} must divide the VAE's "
                           f"number of latents ({N})")
     label_names = meta["label_names"]
+    decoder_graphdef, fixed = frozen_decoder(run_dir, mesh)
 
-    def loss_fn(model, batch, rng, step, train):
+    def loss_fn(model, batch, rng, step, train, fixed=None):
         return dit_loss(model, batch, rng, step, train, cfg=cfg.dit,
-                        block_len=cfg.data.block_len)
+                        block_len=cfg.data.block_len, decoder_graphdef=decoder_graphdef,
+                        fixed=fixed)
 
     return Task(
         stage=STAGE, train_cfg=cfg.dit_train,
@@ -157,7 +215,7 @@ def dit_task(cfg: Config, run_dir, mesh, with_samples: bool = True) -> Task:
         frozen={**{f"dit.{k}": getattr(cfg.dit, k) for k in ARCHITECTURE},
                 "num_latents": N, "latent_dim": D, "num_classes": len(label_names)},
         hook=sample_dump_hook(cfg, run_dir, label_names) if with_samples else None,
-        hook_every=cfg.dit.sample_every)
+        hook_every=cfg.dit.sample_every, fixed=fixed)
 
 
 def train_dit(cfg: Config, run_dir, with_samples: bool = True) -> TrainResult:

@@ -40,6 +40,7 @@ log = logging.getLogger("ldlm.train")
 Batch = dict[str, jax.Array]
 # loss_fn(model, batch, rng, step, train) -> (scalar loss, dict of scalar metrics); `train`
 # is a Python bool (augmentations on); metrics may include "tokens", the real-token count.
+# A task with `fixed` inputs gets them as a keyword: loss_fn(..., train, fixed=fixed).
 LossFn = Callable[[nnx.Module, Batch, jax.Array, jax.Array, bool], tuple[jax.Array, dict]]
 
 
@@ -63,6 +64,9 @@ class Task:
     # dumps); params are the EMA weights when the run keeps them.
     hook: Callable[[int, Any, Any], None] | None = None
     hook_every: int = 0
+    # Arrays the loss reads but nothing trains (the DiT's frozen VAE decoder), laid out on
+    # the mesh; passed to the jitted steps as an argument, not baked in as a constant.
+    fixed: Any = None
 
 
 @dataclasses.dataclass
@@ -100,20 +104,30 @@ def replicate_unsharded(tree, mesh: Mesh):
     return jax.tree.map(place, tree)
 
 
+def _with_fixed(loss_fn: LossFn, fixed) -> LossFn:
+    """loss_fn with the task's fixed inputs bound (itself for a task without any)."""
+    if fixed is None:
+        return loss_fn
+    return lambda model, batch, rng, step, train: loss_fn(model, batch, rng, step, train,
+                                                          fixed=fixed)
+
+
 def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
                     cfg: TrainConfig):
+    """jitted train_step(state, batch, fixed=None) -> (state, metrics)."""
     schedule = learning_rate_schedule(cfg)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: Batch, fixed=None) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
+        loss_of = _with_fixed(loss_fn, fixed)
 
         def objective(params):
-            return loss_fn(nnx.merge(graphdef, params), batch, rng, state.step, True)
+            return loss_of(nnx.merge(graphdef, params), batch, rng, state.step, True)
 
         if cfg.grad_accum == 1:
             (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         else:
-            loss, metrics, grads = _accumulated_grads(loss_fn, graphdef, state, batch, rng,
+            loss, metrics, grads = _accumulated_grads(loss_of, graphdef, state, batch, rng,
                                                       cfg.grad_accum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -157,8 +171,9 @@ def _accumulated_grads(loss_fn: LossFn, graphdef, state: TrainState, batch: Batc
 
 
 def make_eval_step(graphdef, loss_fn: LossFn):
-    def eval_step(params, batch: Batch, rng):
-        loss, metrics = loss_fn(nnx.merge(graphdef, params), batch, rng, jnp.int32(0), False)
+    def eval_step(params, batch: Batch, rng, fixed=None):
+        loss, metrics = _with_fixed(loss_fn, fixed)(nnx.merge(graphdef, params), batch, rng,
+                                                    jnp.int32(0), False)
         return {**metrics, "loss": loss}
 
     return jax.jit(eval_step)
@@ -223,7 +238,7 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
         for step in range(start + 1, tcfg.steps + 1):
             batch = next(task.train_batches)
             with jax.set_mesh(mesh):  # activation constraints refer to this mesh
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, batch, task.fixed)
             if pending is not None:
                 consume(*pending)
             pending = (step, metrics)
@@ -288,7 +303,7 @@ def evaluate(eval_step, state: TrainState, task: Task, seed: int) -> dict[str, f
     rng = jax.random.PRNGKey(seed + 1)
     for i, batch in zip(range(task.train_cfg.eval_batches), task.eval_batches()):
         with jax.set_mesh(task_mesh(batch)):
-            m = jax.device_get(eval_step(params, batch, jax.random.fold_in(rng, i)))
+            m = jax.device_get(eval_step(params, batch, jax.random.fold_in(rng, i), task.fixed))
         w = float(m.get("tokens", 1.0))
         for k, v in m.items():
             if k != "tokens":
