@@ -120,8 +120,6 @@ class DiTConfig:
     context_pool: int = 4  # neighbour latents merged into one context token (1 = keep all N)
     # weight of the frozen VAE decoder's token cross-entropy on the clean estimate (x alpha^2)
     token_loss_weight: float = 0.0
-    # feed the DiT the frozen VAE decoder's hidden states of its noisy input
-    decoder_reading: bool = False
     sample_every: int = 0  # decoded sample dumps every K steps (0 = only at the end)
     sample_steps: str = "10,50"  # step budgets of the dumps, comma separated
 

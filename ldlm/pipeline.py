@@ -6,7 +6,9 @@
 Every call samples normalised latents with the DiT (EMA weights), un-normalises them with
 the latent cache's per-dimension statistics and decodes them with the VAE. The denoising
 loop is jitted once per (sampler, grid, guided or not, batch shape): the step count, the
-guidance scale, eta and the start time are traced, so changing them never recompiles.
+guidance scale, eta, the temperature and the start time are traced, so changing them never
+recompiles. `temperature` (default 1) scales the starting noise and the noise the
+stochastic samplers add; below 1 it trades diversity for likelier text.
 
 - `generate`: unconditional or class-conditional (classifier-free guidance), optionally
   continuing a prompt, block after block (`num_blocks`); a sample that emits EOS stops.
@@ -33,7 +35,6 @@ from ldlm.data.tokenizer import EOS_ID
 from ldlm.diffusion import samplers, schedules
 from ldlm.errors import LdlmError
 from ldlm.loading import load_stage_model, stage_config
-from ldlm.models.dit import read_latents
 from ldlm.textvae import TextVAE
 
 
@@ -67,10 +68,6 @@ class LatentDiffusionPipeline:
         self._null = dit.null_label
         self._mean, self._std = np.asarray(mean_D, np.float32), np.asarray(std_D, np.float32)
         self._graphdef, self._params = nnx.split(dit)
-        # the frozen decoder's reading of the noisy latents, for a DiT trained with it
-        self._vae_graphdef, vae_params = nnx.split(vae.model)
-        self._reader = {"vae": vae_params, "mean": jnp.asarray(self._mean),
-                        "std": jnp.asarray(self._std)}
         self._predict = None
         self._jitted: dict = {}
 
@@ -100,20 +97,23 @@ class LatentDiffusionPipeline:
     def generate(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
                  guidance: float = 1.0, label: str | Sequence[str] | None = None,
                  prompt: str | None = None, num_blocks: int = 1, seed: int = 0,
-                 eta: float = 0.0, grid: str = "uniform") -> list[str]:
+                 eta: float = 0.0, grid: str = "uniform",
+                 temperature: float = 1.0) -> list[str]:
         """n texts of `num_blocks` blocks each (fewer where a sample ends with EOS). With a
         prompt, the texts continue it (the prompt itself is not repeated)."""
         tokens = self.generate_tokens(n=n, steps=steps, sampler=sampler, guidance=guidance,
                                       label=label, prompt=prompt, num_blocks=num_blocks,
-                                      seed=seed, eta=eta, grid=grid)
+                                      seed=seed, eta=eta, grid=grid,
+                                      temperature=temperature)
         return [self.vae.tokenizer.decode(t) for t in tokens]
 
     def generate_tokens(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
                         guidance: float = 1.0, label=None, prompt: str | None = None,
                         num_blocks: int = 1, seed: int = 0, eta: float = 0.0,
-                        grid: str = "uniform") -> list[list[int]]:
+                        grid: str = "uniform", temperature: float = 1.0) -> list[list[int]]:
         """`generate` as token ids (through the first EOS, where a sample has one)."""
-        self._check(n=n, steps=steps, sampler=sampler, grid=grid, num_blocks=num_blocks)
+        self._check(n=n, steps=steps, sampler=sampler, grid=grid, num_blocks=num_blocks,
+                    temperature=temperature)
         labels = self._labels(label, n)
         ctx = _Context.empty(n, self.N, self.D)
         if prompt is not None:
@@ -125,7 +125,7 @@ class LatentDiffusionPipeline:
         done = np.zeros(n, bool)
         for b in range(num_blocks):
             z = self._denoise(jax.random.fold_in(key, b), n, steps, sampler, grid, labels,
-                              guidance, ctx, eta)
+                              guidance, ctx, eta, temperature)
             for i, ids in enumerate(self._block_tokens(z)):
                 if not done[i]:
                     tokens[i].extend(ids)
@@ -137,25 +137,26 @@ class LatentDiffusionPipeline:
 
     def infill(self, before: str, after: str, n: int = 1, steps: int = 16,
                sampler: str = "dpm++", guidance: float = 1.0, label=None, seed: int = 0,
-               eta: float = 0.0, grid: str = "uniform") -> list[str]:
+               eta: float = 0.0, grid: str = "uniform", temperature: float = 1.0) -> list[str]:
         """n candidate blocks to go between `before` and `after`."""
-        self._check(n=n, steps=steps, sampler=sampler, grid=grid)
+        self._check(n=n, steps=steps, sampler=sampler, grid=grid, temperature=temperature)
         self._need_context("infilling")
         ctx = _Context.empty(n, self.N, self.D)
         ctx.prev_BxNxD[:], ctx.has_prev_B[:] = self._last_block(before, "before"), True
         ctx.next_BxNxD[:], ctx.has_next_B[:] = self._first_block(after, "after"), True
         z = self._denoise(jax.random.PRNGKey(seed), n, steps, sampler, grid,
-                          self._labels(label, n), guidance, ctx, eta)
+                          self._labels(label, n), guidance, ctx, eta, temperature)
         return [self.vae.tokenizer.decode(ids) for ids in self._block_tokens(z)]
 
     def edit(self, texts: str | Sequence[str], strength: float = 0.5, steps: int = 16,
              sampler: str = "ddim", guidance: float = 1.0, label=None, seed: int = 0,
-             eta: float = 0.0, grid: str = "uniform") -> list[str]:
+             eta: float = 0.0, grid: str = "uniform", temperature: float = 1.0) -> list[str]:
         """Each text re-noised to time `strength` in [0, 1] and denoised in `steps` steps
         (long texts block by block, each seeing its original neighbours when the model uses
         context). Strength 0 returns the texts unchanged; 1 keeps nothing of them."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        self._check(n=len(texts), steps=steps, sampler=sampler, grid=grid)
+        self._check(n=len(texts), steps=steps, sampler=sampler, grid=grid,
+                    temperature=temperature)
         if not 0.0 <= strength <= 1.0:
             raise PipelineError(f"strength must be in [0, 1], got {strength}")
         if strength == 0.0:
@@ -166,8 +167,10 @@ class LatentDiffusionPipeline:
         key = jax.random.PRNGKey(seed)
         a, s = schedules.alpha_sigma(schedules.logsnr(strength, self.cfg.dit.schedule,
                                                       self.cfg.dit.snr_scale))
-        z = a * x0 + s * jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
-        out = self._run(key, z, steps, sampler, grid, labels, guidance, ctx, eta, strength)
+        eps = temperature * jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
+        z = a * x0 + s * eps
+        out = self._run(key, z, steps, sampler, grid, labels, guidance, ctx, eta, temperature,
+                        strength)
         tokens = [[] for _ in texts]
         for owner, ids in zip(owners, self._block_tokens(np.asarray(out)[:B])):
             tokens[owner].extend(ids)
@@ -175,31 +178,31 @@ class LatentDiffusionPipeline:
 
     def trajectory(self, n: int = 1, steps: int = 16, sampler: str = "dpm++",
                    guidance: float = 1.0, label=None, seed: int = 0, eta: float = 0.0,
-                   grid: str = "uniform") -> list[list[str]]:
+                   grid: str = "uniform", temperature: float = 1.0) -> list[list[str]]:
         """The decoded clean-latent estimate after each step: steps lists of n texts; the
         last is what `generate` returns for the same arguments."""
-        self._check(n=n, steps=steps, sampler=sampler, grid=grid)
+        self._check(n=n, steps=steps, sampler=sampler, grid=grid, temperature=temperature)
         labels = self._labels(label, n)
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-        z_T = jax.random.normal(key, (n, self.N, self.D))
+        z_T = temperature * jax.random.normal(key, (n, self.N, self.D))
         guided = self._guided(labels, guidance)
         fn = jax.jit(self._denoiser(sampler, grid, guided, trajectory_steps=steps))
-        z, estimates = fn(self._params, self._reader, z_T, steps, jax.random.fold_in(key, 2),
+        z, estimates = fn(self._params, z_T, steps, jax.random.fold_in(key, 2),
                           jnp.asarray(labels), jnp.float32(guidance),
                           _Context.empty(n, self.N, self.D).arrays(), jnp.float32(1.0),
-                          jnp.float32(eta))
+                          jnp.float32(eta), jnp.float32(temperature))
         estimates = np.asarray(estimates)
         out = [self.decode(e) for e in estimates[:-1]]
         return out + [self.decode(np.asarray(z))]
 
     def sample_latents(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
                        guidance: float = 1.0, label=None, seed: int = 0, eta: float = 0.0,
-                       grid: str = "uniform") -> np.ndarray:
+                       grid: str = "uniform", temperature: float = 1.0) -> np.ndarray:
         """n normalised latent blocks, n x N x D (decode them with `decode`)."""
-        self._check(n=n, steps=steps, sampler=sampler, grid=grid)
+        self._check(n=n, steps=steps, sampler=sampler, grid=grid, temperature=temperature)
         return self._denoise(jax.random.fold_in(jax.random.PRNGKey(seed), 0), n, steps,
                              sampler, grid, self._labels(label, n), guidance,
-                             _Context.empty(n, self.N, self.D), eta)
+                             _Context.empty(n, self.N, self.D), eta, temperature)
 
     def predict_clean(self, z_t_BxNxD, t_B, label=None) -> np.ndarray:
         """The DiT's one-pass estimate of the clean normalised latents from noisy ones at
@@ -209,27 +212,15 @@ class LatentDiffusionPipeline:
         if self._predict is None:
             dcfg, graphdef = self.cfg.dit, self._graphdef
 
-            def predict(params, reader, z, t, label_B):
+            def predict(params, z, t, label_B):
                 a, s = schedules.alpha_sigma(schedules.logsnr(t, dcfg.schedule,
                                                               dcfg.snr_scale))
-                out = nnx.merge(graphdef, params)(z, t, label_B=label_B,
-                                                  **self._reading(reader, z, t))
+                out = nnx.merge(graphdef, params)(z, t, label_B=label_B)
                 return schedules.to_x0(dcfg.prediction, out, z, a, s)
 
             self._predict = jax.jit(predict)
         t = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (z.shape[0],))
-        return np.asarray(self._predict(self._params, self._reader, z, t,
-                                        jnp.asarray(labels)))
-
-    def _reading(self, reader, z_BxNxD, t_B) -> dict:
-        """The DiT's `reading_BxNxF` keyword (empty for a DiT trained without it)."""
-        dcfg = self.cfg.dit
-        if not dcfg.decoder_reading:
-            return {}
-        a, _ = schedules.alpha_sigma(schedules.logsnr(t_B, dcfg.schedule, dcfg.snr_scale))
-        vae = nnx.merge(self._vae_graphdef, reader["vae"])
-        return {"reading_BxNxF": read_latents(vae, z_BxNxD, a, reader["mean"],
-                                              reader["std"])}
+        return np.asarray(self._predict(self._params, z, t, jnp.asarray(labels)))
 
     def denormalise(self, z_BxNxD) -> np.ndarray:
         """Normalised latents (what the DiT sees) -> the VAE's latents."""
@@ -243,43 +234,43 @@ class LatentDiffusionPipeline:
     def _denoiser(self, sampler: str, grid: str, guided: bool, trajectory_steps=None):
         dcfg, graphdef, null = self.cfg.dit, self._graphdef, self._null
 
-        def run(params, reader, z, steps, key, label_B, guidance, ctx, t_start, eta):
+        def run(params, z, steps, key, label_B, guidance, ctx, t_start, eta, temperature):
             model = nnx.merge(graphdef, params)
 
             def net(z, t, sc):
-                reading = self._reading(reader, z, t)
                 if not guided:
-                    return model(z, t, self_cond_BxNxD=sc, label_B=label_B, **ctx,
-                                 **reading)
+                    return model(z, t, self_cond_BxNxD=sc, label_B=label_B, **ctx)
                 two = lambda x: jnp.concatenate([x, x])  # noqa: E731
                 out = model(two(z), two(t), self_cond_BxNxD=two(sc),
                             label_B=jnp.concatenate([label_B, jnp.full_like(label_B, null)]),
-                            **{k: two(v) for k, v in {**ctx, **reading}.items()})
+                            **{k: two(v) for k, v in ctx.items()})
                 cond, uncond = jnp.split(out, 2)
                 return samplers.guide(cond, uncond, guidance)
 
             return samplers.sample(
                 net, z, trajectory_steps or steps, key, sampler=sampler,
                 schedule=dcfg.schedule, snr_scale=dcfg.snr_scale, prediction=dcfg.prediction,
-                eta=eta, grid=grid, t_start=t_start, trajectory=trajectory_steps is not None)
+                eta=eta, grid=grid, t_start=t_start, trajectory=trajectory_steps is not None,
+                temperature=temperature)
 
         return run
 
     def _run(self, key, z, steps, sampler, grid, labels, guidance, ctx: _Context, eta,
-             t_start=1.0):
+             temperature, t_start=1.0):
         guided = self._guided(labels, guidance)
         cache_key = (sampler, grid, guided)
         if cache_key not in self._jitted:
             self._jitted[cache_key] = jax.jit(self._denoiser(sampler, grid, guided))
         return self._jitted[cache_key](
-            self._params, self._reader, jnp.asarray(z, jnp.float32), jnp.int32(steps),
+            self._params, jnp.asarray(z, jnp.float32), jnp.int32(steps),
             jax.random.fold_in(key, 2), jnp.asarray(labels), jnp.float32(guidance),
-            ctx.arrays(), jnp.float32(t_start), jnp.float32(eta))
+            ctx.arrays(), jnp.float32(t_start), jnp.float32(eta), jnp.float32(temperature))
 
-    def _denoise(self, key, n, steps, sampler, grid, labels, guidance, ctx, eta) -> np.ndarray:
-        z_T = jax.random.normal(key, (n, self.N, self.D))
+    def _denoise(self, key, n, steps, sampler, grid, labels, guidance, ctx, eta,
+                 temperature) -> np.ndarray:
+        z_T = temperature * jax.random.normal(key, (n, self.N, self.D))
         return np.asarray(self._run(key, z_T, steps, sampler, grid, labels, guidance, ctx,
-                                    eta))
+                                    eta, temperature))
 
     def _guided(self, labels, guidance) -> bool:
         return bool(guidance != 1.0 and (labels != self._null).any())
@@ -328,11 +319,14 @@ class LatentDiffusionPipeline:
         return np.array(owners), np.stack(zs), ctx
 
     # ------------------------------------------------------------------ checks
-    def _check(self, *, n: int, steps, sampler: str, grid: str, num_blocks: int = 1) -> None:
+    def _check(self, *, n: int, steps, sampler: str, grid: str, num_blocks: int = 1,
+               temperature: float = 1.0) -> None:
         try:
             samplers.check_sampler_args(sampler, steps, grid)
         except ValueError as e:
             raise PipelineError(str(e)) from None
+        if not (isinstance(temperature, (int, float)) and 0 < temperature <= 2):
+            raise PipelineError(f"temperature must be a number in (0, 2], got {temperature!r}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise PipelineError(f"n must be a positive integer, got {n!r}")
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:

@@ -82,6 +82,20 @@ def test_samplers_recover_the_data_distribution_with_the_exact_denoiser(sampler,
     assert _moment_error(sampler, 100, **kw) < 0.03
 
 
+@pytest.mark.parametrize("sampler,kw", [("ddim", {}), ("dpm++", {}), ("ddpm", {}),
+                                        ("ddim", {"eta": 1.0})])
+def test_temperature_scales_the_spread_of_gaussian_data_exactly(sampler, kw):
+    """With the exact denoiser of N(mu, var) data every update is linear in the noise, so
+    starting and injected noise scaled by tau give samples from N(mu, tau^2 var)."""
+    mu, var, tau = 1.5, 0.25, 0.5
+    net = _gaussian_denoiser(mu, var)
+    z_T = tau * jax.random.normal(jax.random.PRNGKey(0), (4000, 4, 8))
+    z = samplers.sample(net, z_T, 100, jax.random.PRNGKey(1), sampler=sampler,
+                        temperature=tau, **kw)
+    assert abs(float(z.mean()) - mu) < 0.01
+    assert abs(float(z.var()) - tau ** 2 * var) < 0.005
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
 def test_sampler_error_shrinks_as_the_step_count_grows(sampler):
     errors = [_moment_error(sampler, n) for n in (2, 8, 64)]

@@ -45,6 +45,18 @@ def test_one_compile_serves_every_step_budget(pipe):
     assert jitted._cache_size() == before  # a new budget, same batch shape: no new compile
 
 
+def test_temperature_narrows_the_samples_without_recompiling(pipe):
+    z1 = pipe.sample_latents(n=64, steps=8, sampler="ddpm", seed=0)
+    np.testing.assert_array_equal(
+        z1, pipe.sample_latents(n=64, steps=8, sampler="ddpm", seed=0, temperature=1.0))
+    jitted = pipe._jitted[("ddpm", "uniform", False)]
+    before = jitted._cache_size()
+    z_half = pipe.sample_latents(n=64, steps=8, sampler="ddpm", seed=0, temperature=0.5)
+    assert jitted._cache_size() == before  # traced, like the step count
+    spread = lambda z: float(np.std(z - z.mean(0)))  # noqa: E731
+    assert spread(z_half) < 0.9 * spread(z1)
+
+
 def test_guidance_zero_is_unconditional_and_one_is_conditional(pipe):
     label = pipe.label_names[1]
     uncond = pipe.sample_latents(n=2, steps=3, seed=0)
@@ -94,6 +106,7 @@ def test_continuation_infilling_and_trajectory(pipe):
     ({"n": 0}, "n must be a positive integer"),
     ({"prompt": "   "}, "prompt text is empty"),
     ({"label": ["sports"]}, "got 1 labels for n=2"),
+    ({"temperature": 0.0}, r"temperature must be a number in \(0, 2\]"),
 ])
 def test_bad_requests_are_named(pipe, kwargs, match):
     with pytest.raises(PipelineError, match=match):

@@ -27,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 .. 1)")
     p.add_argument("--grid", default="uniform", help="uniform | quadratic")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scales the starting and injected noise (below 1: likelier, less "
+                        "varied text)")
     return p
 
 
@@ -39,7 +42,8 @@ def main(argv=None) -> None:
         pipe = LatentDiffusionPipeline.from_pretrained(pathlib.Path(args.run_dir))
         kwargs = dict(n=args.n, steps=args.steps, sampler=args.sampler,
                       guidance=args.guidance, label=args.label, prompt=args.prompt,
-                      num_blocks=args.num_blocks, eta=args.eta, grid=args.grid)
+                      num_blocks=args.num_blocks, eta=args.eta, grid=args.grid,
+                      temperature=args.temperature)
         start = time.perf_counter()
         pipe.generate(**kwargs, seed=args.seed)  # compiles; same shapes as the timed call
         compile_s = time.perf_counter() - start

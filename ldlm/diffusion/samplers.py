@@ -15,6 +15,10 @@ back as self-conditioning.
 
 Time grids over [t_start, 0]: "uniform", or "quadratic" (t = t_start (1 - i/steps)^2: large
 steps at high noise, small ones near the data).
+
+`temperature` scales the fresh noise that the stochastic updates (ddpm, ddim with eta > 0)
+add at every step; callers scale the starting noise by the same factor. Below 1 it trades
+diversity for likelier text, as in likelihood-model sampling.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ def time_grid(steps: int, grid: str = "uniform", t_start: float = 1.0):
     return time_at(jnp.arange(steps + 1), steps, grid, t_start)
 
 
-def _update(sampler: str, z, x0, eps, x0_prev, h_prev, first, last, ls_t, ls_s, key, eta):
+def _update(sampler: str, z, x0, eps, x0_prev, h_prev, first, last, ls_t, ls_s, key, eta,
+            temperature):
     """z at the next time s from the estimates at the current time t; also returns h."""
     a_t, s_t = schedules.alpha_sigma(ls_t)
     a_s, s_s = schedules.alpha_sigma(ls_s)
@@ -70,12 +75,12 @@ def _update(sampler: str, z, x0, eps, x0_prev, h_prev, first, last, ls_t, ls_s, 
     if sampler == "ddim":
         c = eta * s_s * jnp.sqrt(fresh)  # eta = 1: the DDPM posterior standard deviation
         z_s = a_s * x0 + jnp.sqrt(jnp.maximum(s_s ** 2 - c ** 2, 0.0)) * eps
-        return z_s + c * jax.random.normal(key, z.shape), h
+        return z_s + temperature * c * jax.random.normal(key, z.shape), h
     if sampler == "ddpm":
         # posterior mean: (SNR_t / SNR_s) (alpha_s / alpha_t) z_t + alpha_s fresh x0
         keep = jnp.exp(jnp.minimum(ls_t - ls_s, 0.0)) * a_s / a_t
         z_s = keep * z + a_s * fresh * x0
-        return z_s + s_s * jnp.sqrt(fresh) * jax.random.normal(key, z.shape), h
+        return z_s + temperature * s_s * jnp.sqrt(fresh) * jax.random.normal(key, z.shape), h
     if sampler == "dpm++":
         r = h_prev / jnp.where(h == 0, 1.0, h)
         second = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
@@ -85,7 +90,7 @@ def _update(sampler: str, z, x0, eps, x0_prev, h_prev, first, last, ls_t, ls_s, 
 
 
 def _step_fn(net: Net, sampler: str, steps, *, schedule, snr_scale, prediction, eta, grid,
-             t_start):
+             t_start, temperature):
     def step(carry, i):
         z, x0_prev, h_prev, key = carry
         key, k_noise = jax.random.split(key)
@@ -97,7 +102,7 @@ def _step_fn(net: Net, sampler: str, steps, *, schedule, snr_scale, prediction, 
         x0 = schedules.to_x0(prediction, out, z, a_t, s_t)
         eps = schedules.to_eps(prediction, out, z, a_t, s_t)
         z, h = _update(sampler, z, x0, eps, x0_prev, h_prev, i == 0, i == steps - 1, ls_t,
-                       ls_s, k_noise, eta)
+                       ls_s, k_noise, eta, temperature)
         return (z, x0, h, key), x0
 
     return step
@@ -105,12 +110,13 @@ def _step_fn(net: Net, sampler: str, steps, *, schedule, snr_scale, prediction, 
 
 def sample(net: Net, z_BxNxD, steps, rng, *, sampler: str = "ddim", schedule: str = "cosine",
            snr_scale: float = 1.0, prediction: str = "v", eta: float = 0.0,
-           grid: str = "uniform", t_start=1.0, trajectory: bool = False):
+           grid: str = "uniform", t_start=1.0, trajectory: bool = False, temperature=1.0):
     """Denoises z (noise at t_start) in `steps` steps; returns z_0 BxNxD, or with
     `trajectory` (steps must then be a Python int) the clean-latent estimate of every step,
     steps x B x N x D, whose last entry is followed by z_0: (z_0, estimates)."""
     step = _step_fn(net, sampler, steps, schedule=schedule, snr_scale=snr_scale,
-                    prediction=prediction, eta=eta, grid=grid, t_start=t_start)
+                    prediction=prediction, eta=eta, grid=grid, t_start=t_start,
+                    temperature=temperature)
     init = (z_BxNxD, jnp.zeros_like(z_BxNxD), jnp.float32(1.0), rng)
     if trajectory:
         (z, _, _, _), estimates = jax.lax.scan(step, init, jnp.arange(steps))

@@ -67,8 +67,7 @@ class DiTBlock(nnx.Module):
 
 class DiT(nnx.Module):
     def __init__(self, cfg: DiTConfig, num_latents: int, latent_dim: int, num_classes: int,
-                 *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
-                 reading_dim: int = 0):
+                 *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
         W = cfg.width
         self.remat = remat
         self.cfg, self.N, self.D, self.num_classes, self.dtype = (cfg, num_latents, latent_dim,
@@ -81,9 +80,6 @@ class DiT(nnx.Module):
                                  f"number of latents {num_latents}")
             self.ctx_proj = layers.Dense(cfg.context_pool * latent_dim, W, rngs=rngs,
                                         names=("latent", "embed"), use_bias=True, dtype=dtype)
-        if cfg.decoder_reading:
-            self.reading_proj = layers.Dense(reading_dim, W, rngs=rngs,
-                                             names=("mlp", "embed"), dtype=dtype)
         self.segment = layers.param(rngs, layers.normal(0.02), (3, W), (None, "embed"))
         self.time_mlp1 = layers.Dense(W, W, rngs=rngs, names=("embed", "mlp"), use_bias=True,
                                       dtype=dtype)
@@ -104,19 +100,14 @@ class DiT(nnx.Module):
         return self.num_classes
 
     def __call__(self, z_BxNxD, t_B, *, self_cond_BxNxD=None, label_B=None,
-                 prev_BxNxD=None, has_prev_B=None, next_BxNxD=None, has_next_B=None,
-                 reading_BxNxF=None):
-        """The network output (eps, x0 or v, per config) for the current block, BxNxD.
-        `reading_BxNxF`: the frozen VAE decoder's states of the noisy latents (required
-        with `decoder_reading`, see `read_latents`)."""
+                 prev_BxNxD=None, has_prev_B=None, next_BxNxD=None, has_next_B=None):
+        """The network output (eps, x0 or v, per config) for the current block, BxNxD."""
         B, N, D = z_BxNxD.shape
         if self_cond_BxNxD is None:
             self_cond_BxNxD = jnp.zeros_like(z_BxNxD)
         if label_B is None:
             label_B = jnp.full((B,), self.null_label, jnp.int32)
         x = self.in_proj(jnp.concatenate([z_BxNxD, self_cond_BxNxD], -1))
-        if self.cfg.decoder_reading:
-            x = x + self.reading_proj(reading_BxNxF.astype(x.dtype))
         seg = self.segment[...].astype(x.dtype)
         x = x + seg[1][None, None, :]
         mask_BxTxT = None
@@ -159,13 +150,3 @@ class DiT(nnx.Module):
         T = N + 2 * M
         # every query attends to the present tokens only (an absent neighbour is invisible)
         return x, jnp.broadcast_to(present_BxT[:, None, :], (B, T, T))
-
-
-def read_latents(decoder, z_BxNxD, alpha_B, mean_D, std_D):
-    """What the frozen VAE decoder makes of noisy normalised latents z_t: its hidden states
-    of alpha * z_t (the best linear guess of the clean latents), un-normalised, with the
-    L / N states of each latent's tokens side by side: BxNx(G W). This hands the DiT a
-    token-level reading of its input that it would otherwise have to learn itself."""
-    x = (alpha_B[:, None, None] * z_BxNxD) * std_D[None, None] + mean_D[None, None]
-    h = jax.lax.stop_gradient(decoder.decoder_states(x))
-    return rearrange(h, "B (N G) W -> B N (G W)", N=z_BxNxD.shape[1])

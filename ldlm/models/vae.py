@@ -65,17 +65,13 @@ class TextVAEModel(nnx.Module):
         logvar = self.to_logvar(pooled).astype(jnp.float32)
         return mean, logvar
 
-    def decoder_states(self, z_BxNxD) -> jax.Array:
-        """The decoder's final (normalised) hidden states BxLxW, before the token logits."""
+    def decode(self, z_BxNxD) -> tuple[jax.Array, jax.Array]:
+        """Token logits BxLxV (float32) and real-token logits BxL."""
         h = self.from_latent(z_BxNxD)
         h = rearrange(h, "B N (G W) -> B (N G) W", G=self.group)
         for block in self.decoder:
             h = layers.call_block(block, self.remat, h)
-        return self.decoder_norm(h)
-
-    def decode(self, z_BxNxD) -> tuple[jax.Array, jax.Array]:
-        """Token logits BxLxV (float32) and real-token logits BxL."""
-        h = self.decoder_states(z_BxNxD)
+        h = self.decoder_norm(h)
         real = self.real_head(h)[..., 0].astype(jnp.float32)
         return self.embed.attend(h), real
 

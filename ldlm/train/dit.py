@@ -5,10 +5,8 @@ random time, optionally min-SNR weighted, plus (`dit.token_loss_weight`) the tok
 cross-entropy of the frozen VAE decoder on the DiT's clean estimate, weighted by alpha_t^2 so
 that it speaks where the estimate can know the tokens (the squared error alone rewards a
 blurred average of the plausible latents; the token term asks the estimate to decode to the
-block's words). Validation always reports the estimate's token accuracy. With
-`dit.decoder_reading` the DiT also sees the frozen decoder's hidden states of its noisy
-input (`ldlm.models.dit.read_latents`). In training, the class label is replaced by the
-null label with probability `label_dropout` (classifier-free guidance), each neighbouring
+block's words). Validation always reports the estimate's token accuracy. In training, the
+class label is replaced by the null label with probability `label_dropout` (classifier-free guidance), each neighbouring
 block is dropped with probability `context_dropout` (one model for unconditional generation,
 continuation and infilling), and with probability `self_cond_prob` the network first
 estimates the clean latents and sees that estimate (without gradient) on its second pass.
@@ -34,15 +32,14 @@ from ldlm.data import latents as latents_lib
 from ldlm.diffusion import samplers, schedules
 from ldlm.errors import ConfigError
 from ldlm.mesh import make_mesh, to_host
-from ldlm.models.dit import DiT, read_latents
+from ldlm.models.dit import DiT
 from ldlm.train.loop import Task, TrainResult, train
 from ldlm.train.vae import compute_dtype
 
 log = logging.getLogger("ldlm.dit")
 STAGE = "dit"
 RESULT_FILE = "result.json"
-ARCHITECTURE = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool",
-                "decoder_reading")
+ARCHITECTURE = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool")
 
 
 def conditioning(batch, model: DiT, cfg: DiTConfig, rng, train: bool) -> dict:
@@ -91,9 +88,6 @@ def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block
     eps = jax.random.normal(k_eps, x0.shape)
     z = schedules.q_sample(x0, eps, a, s)
     cond = conditioning(batch, model, cfg, k_cond, train)
-    vae = nnx.merge(decoder_graphdef, fixed["vae"]) if fixed is not None else None
-    if cfg.decoder_reading:
-        cond["reading_BxNxF"] = read_latents(vae, z, a, fixed["mean"], fixed["std"])
     self_cond = None
     if train and cfg.self_cond_prob > 0:
         first = model(z, t, **cond)
@@ -111,6 +105,7 @@ def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block
     metrics = {"mse": (per_example * rows).sum() / n, "mse_x0": mse_x0,
                "tokens": rows.sum() * block_len}
     if fixed is not None and (cfg.token_loss_weight > 0 or not train):
+        vae = nnx.merge(decoder_graphdef, fixed["vae"])
         x0_hat_vae = x0_hat * fixed["std"][None, None] + fixed["mean"][None, None]
         ce_B, acc_B = decoder_token_scores(vae.decode, x0_hat_vae, batch["tokens"],
                                            batch["token_mask"])
@@ -123,9 +118,8 @@ def dit_loss(model: DiT, batch, rng, step, train: bool, *, cfg: DiTConfig, block
 
 def build_dit(cfg: Config, num_latents: int, latent_dim: int, num_classes: int):
     dtype = compute_dtype(cfg.dit_train.compute_dtype)
-    reading_dim = cfg.vae.width * (cfg.data.block_len // num_latents)
     return lambda rngs: DiT(cfg.dit, num_latents, latent_dim, num_classes, rngs=rngs,
-                            dtype=dtype, remat=cfg.dit_train.remat, reading_dim=reading_dim)
+                            dtype=dtype, remat=cfg.dit_train.remat)
 
 
 def sample_latents(model: DiT, cfg: DiTConfig, n: int, steps: int, seed: int,

@@ -1,0 +1,93 @@
+"""What the DiT's token loss (`dit.token_loss_weight`) costs per training step.
+
+The token loss decodes the DiT's clean estimate with the frozen VAE decoder and
+back-propagates the decoder's token cross-entropy into the DiT, so every step runs the
+decoder (its 8k-way output layer included) forward and backward. This times the DiT step
+without and with it on synthetic batches and random weights, interleaved in one run so that
+drift hits both, and prints the ratio.
+
+    .venv/bin/python benchmarks/dit_token_loss.py [--preset cpu] [--weight 0.3] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ldlm.config import MeshConfig, load_experiment
+from ldlm.mesh import make_mesh, param_rules
+from ldlm.train.dit import build_dit, dit_loss
+from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
+from ldlm.train.state import init_state, make_optimizer
+from ldlm.train.vae import build_vae
+
+
+def synthetic_batch(B: int, L: int, N: int, D: int, vocab: int) -> dict:
+    rng = np.random.default_rng(0)
+    z = lambda: jnp.asarray(rng.standard_normal((B, N, D)), jnp.float32)  # noqa: E731
+    return {"z": z(), "prev": z(), "next": z(), "has_prev": jnp.ones(B, bool),
+            "has_next": jnp.ones(B, bool), "label": jnp.zeros(B, jnp.int32),
+            "doc_index": jnp.zeros(B, jnp.int32),
+            "tokens": jnp.asarray(rng.integers(4, vocab, (B, L)), jnp.int32),
+            "token_mask": jnp.ones((B, L), bool)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--exp", default="bbc_news")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--weight", type=float, default=0.3)
+    p.add_argument("--vocab", type=int, default=8000)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+
+    cfg = load_experiment(args.exp, args.preset)
+    L, N, D, B = cfg.data.block_len, cfg.vae.num_latents, cfg.vae.latent_dim, cfg.data.batch_size
+    mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    batch = synthetic_batch(B, L, N, D, args.vocab)
+    vae = Task("vae", cfg.vae_train, build_vae(cfg, args.vocab), None, train_batches=None)
+    vae_graphdef, vae_params = build_model(vae, mesh, 0)
+    fixed = {"vae": vae_params, "mean": jnp.zeros(D), "std": jnp.ones(D)}
+
+    runs = {}
+    for weight in (0.0, args.weight):
+        dcfg = dataclasses.replace(cfg.dit, token_loss_weight=weight)
+
+        def loss_fn(m, b, k, s, t, fixed=None, dcfg=dcfg):
+            return dit_loss(m, b, k, s, t, cfg=dcfg, block_len=L,
+                            decoder_graphdef=vae_graphdef, fixed=fixed)
+
+        task = Task("dit", cfg.dit_train, build_dit(cfg, N, D, 5), loss_fn, train_batches=None)
+        graphdef, params = build_model(task, mesh, 0, param_rules(cfg.mesh.rules))
+        tx = make_optimizer(cfg.dit_train)
+        state = replicate_unsharded(init_state(params, tx, 0, ema=True), mesh)
+        runs[weight] = [make_train_step(graphdef, loss_fn, tx, cfg.dit_train), state]
+
+    times = {w: [] for w in runs}
+    with jax.set_mesh(mesh):
+        for w, run in runs.items():  # compile and warm up
+            for _ in range(3):
+                run[1], m = run[0](run[1], batch, fixed)
+            jax.block_until_ready(m)
+        for _ in range(args.repeats):
+            for w, run in runs.items():
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    run[1], m = run[0](run[1], batch, fixed)
+                jax.block_until_ready(m)
+                times[w].append((time.perf_counter() - start) / args.steps)
+    base, with_loss = (float(np.median(times[w])) for w in runs)
+    print(f"device: {jax.devices()[0].platform}; preset {args.preset}, batch {B}, "
+          f"{N}x{D} latents, vocabulary {args.vocab}")
+    print(f"DiT step: {base * 1e3:.0f} ms without the token loss, {with_loss * 1e3:.0f} ms with "
+          f"dit.token_loss_weight={args.weight}; ratio {with_loss / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
