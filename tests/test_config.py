@@ -58,6 +58,8 @@ def test_semantic_validation():
         apply_overrides(Config(), ["data.source=jsonl"])
     with pytest.raises(ConfigError, match="at most one may be -1"):
         apply_overrides(Config(), ["mesh.fsdp=-1"])
+    with pytest.raises(ConfigError, match="dit.token_loss_weight=-0.1 must be >= 0"):
+        apply_overrides(Config(), ["dit.token_loss_weight=-0.1"])
 
 
 def test_json_roundtrip_rebuilds_the_config():

@@ -6,9 +6,9 @@ cross-entropy of the frozen VAE decoder on the DiT's clean estimate, weighted by
 that it speaks where the estimate can know the tokens (the squared error alone rewards a
 blurred average of the plausible latents; the token term asks the estimate to decode to the
 block's words). Validation always reports the estimate's token accuracy. In training, the
-class label is replaced by the null label with probability `label_dropout` (classifier-free guidance), each neighbouring
-block is dropped with probability `context_dropout` (one model for unconditional generation,
-continuation and infilling), and with probability `self_cond_prob` the network first
+class label is replaced by the null label with probability `label_dropout` (classifier-free
+guidance), each neighbouring block is dropped with probability `context_dropout` (one
+model for unconditional generation, continuation and infilling), and with probability `self_cond_prob` the network first
 estimates the clean latents and sees that estimate (without gradient) on its second pass.
 
 Decoded samples at a few step budgets are written to `dit/samples/step_<n>.json` every
