@@ -151,6 +151,8 @@ class EvalConfig:
     # which causal LM scores samples (gen-PPL) and gives MAUVE features: "ar" (the baseline
     # itself, favouring its own samples) or "reference" (make reference)
     reference: str = "ar"
+    # sampling temperature of every ldlm sample (1 = the model's distribution)
+    temperature: float = 1.0
     seed: int = 0
 
 
@@ -310,6 +312,8 @@ class Config:
         if a.temperature < 0 or not 0 < a.top_p <= 1:
             raise ConfigError(f"ar.temperature={a.temperature} must be >= 0 and "
                               f"ar.top_p={a.top_p} in (0, 1]")
+        if not 0 < ev.temperature <= 2:
+            raise ConfigError(f"eval.temperature={ev.temperature} must lie in (0, 2]")
         if ev.reference not in ("ar", "reference"):
             raise ConfigError(f"eval.reference={ev.reference!r} is not one of ['ar', "
                               "'reference']")

@@ -171,14 +171,15 @@ def run_eval(cfg: Config, run_dir) -> dict:
         for i, steps in enumerate(budgets):
             # the step count is traced: one compile per sampler serves every budget
             seqs, seconds = _timed(lambda: pipe.generate_tokens(
-                n=n, steps=steps, sampler=sampler, seed=e.seed), warm_up=i == 0)
+                n=n, steps=steps, sampler=sampler, seed=e.seed, temperature=e.temperature),
+                warm_up=i == 0)
             rows.append({"system": "ldlm", "sampler": sampler, "steps": steps,
-                         "seconds_per_block": seconds / n,
+                         "temperature": e.temperature, "seconds_per_block": seconds / n,
                          **quality(seqs, ref, real_features, train_8grams)})
             log.info("ldlm %s %d steps: %s", sampler, steps, _brief(rows[-1]))
 
     topic = _topic_accuracy(pipe, classifier, e, real, real_labels, pick)
-    report = {"reference_lm": ref_name,
+    report = {"reference_lm": ref_name, "ldlm_temperature": e.temperature,
               "num_samples": n, "block_len": L, "device": jax.devices()[0].device_kind,
               "table": rows, "topic_accuracy": topic,
               "examples": {"real": pipe.vae.tokenizer.decode(real[0]),
@@ -201,7 +202,7 @@ def _topic_accuracy(pipe, classifier, e, real, real_labels, pick) -> dict:
     for scale in [float(x) for x in e.guidance_scales.split(",")]:
         seqs = pipe.generate_tokens(n=len(labels), steps=e.guidance_steps,
                                     sampler=e.guidance_sampler, label=labels, guidance=scale,
-                                    seed=e.seed)
+                                    seed=e.seed, temperature=e.temperature)
         out[f"guidance_{scale:g}"] = classifier.accuracy(seqs, truth)
         log.info("topic accuracy at guidance %g: %.3f", scale, out[f"guidance_{scale:g}"])
     return out
