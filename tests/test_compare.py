@@ -47,7 +47,8 @@ def test_eval_can_score_with_the_reference_lm(tiny_dit, tiny_cfg):
     if not (run_dir / "ar" / "result.json").exists():
         run_ar(tiny_cfg, run_dir)
     cfg = tiny_cfg.override(["eval.reference=reference", "eval.samplers=dpm++",
-                             "eval.steps=2", "eval.guidance_scales=1", "eval.temperature=0.8"])
+                             "eval.steps=2", "eval.guidance_scales=1", "eval.temperature=0.8",
+                             "ar.temperature=0.8"])
     with pytest.raises(MissingStageError, match="make reference"):
         run_eval(cfg, run_dir)
     out = run_reference(cfg, run_dir)
@@ -56,3 +57,4 @@ def test_eval_can_score_with_the_reference_lm(tiny_dit, tiny_cfg):
     assert report["reference_lm"].startswith("the reference LM (make reference: 3 layers")
     assert report["ldlm_temperature"] == 0.8
     assert [r["temperature"] for r in report["table"] if r["system"] == "ldlm"] == [0.8]
+    assert report["table"][1]["sampler"] == "T=0.8, top_p=0.95"  # the AR at a matched T

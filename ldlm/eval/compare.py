@@ -154,14 +154,16 @@ def run_eval(cfg: Config, run_dir) -> dict:
              "seconds_per_block": None, **quality(real, ref, real_features, train_8grams)}]
     log.info("real text: %s", _brief(rows[-1]))
 
-    # the AR baseline: one block after the start token, through its first EOS
+    # the AR baseline: one block after the start token, through its first EOS; sampled with
+    # this evaluation's ar.temperature / ar.top_p (not training settings), so that it can be
+    # put beside ldlm at a matched temperature
     sample_ar = jax.jit(lambda key: sample_tokens(
-        ar, jnp.full((n,), EOS_ID, jnp.int32), L, key, temperature=ar_cfg.ar.temperature,
-        top_p=ar_cfg.ar.top_p))
+        ar, jnp.full((n,), EOS_ID, jnp.int32), L, key, temperature=cfg.ar.temperature,
+        top_p=cfg.ar.top_p))
     ar_tokens, seconds = _timed(lambda: np.asarray(sample_ar(jax.random.PRNGKey(e.seed))))
     ar_seqs = [_through_eos(row) for row in ar_tokens]
     rows.append({"system": "AR baseline (KV cache)", "sampler":
-                 f"T={ar_cfg.ar.temperature}, top_p={ar_cfg.ar.top_p}", "steps": L,
+                 f"T={cfg.ar.temperature}, top_p={cfg.ar.top_p}", "steps": L,
                  "seconds_per_block": seconds / n,
                  **quality(ar_seqs, ref, real_features, train_8grams)})
     log.info("AR baseline: %s", _brief(rows[-1]))
