@@ -137,13 +137,12 @@ def sample_latents(model: DiT, cfg: DiTConfig, n: int, steps: int, seed: int,
                          snr_scale=cfg.snr_scale, prediction=cfg.prediction, eta=eta)
 
 
-def sample_dump_hook(cfg: Config, run_dir, label_names, per_label: int = 1):
+def sample_dump_hook(cfg: Config, run_dir, label_names, vae, per_label: int = 1):
     """Writes decoded class-conditional samples (DDIM, EMA weights) at each budget of
-    dit.sample_steps, through the same pipeline that `make sample` uses."""
+    dit.sample_steps, through the same pipeline that `make sample` uses (`vae`: the run's
+    TextVAE)."""
     from ldlm.pipeline import LatentDiffusionPipeline
-    from ldlm.textvae import TextVAE
 
-    vae = TextVAE.from_run(run_dir)
     mean, std = latents_lib.read_stats(run_dir)
     budgets = [int(x) for x in cfg.dit.sample_steps.split(",") if x.strip()]
     labels = [name for name in label_names for _ in range(per_label)] or None
@@ -169,17 +168,18 @@ def sample_dump_hook(cfg: Config, run_dir, label_names, per_label: int = 1):
     return hook
 
 
-def frozen_decoder(run_dir, mesh):
-    """(graphdef, fixed) for `dit_loss`: the run's VAE (EMA weights) and the latent
-    statistics, replicated over `mesh`."""
+def frozen_decoder(run_dir, mesh, vae=None):
+    """(graphdef, fixed) for `dit_loss`: the run's VAE (EMA weights; `vae`, a loaded
+    TextVAE, or loaded here) and the latent statistics, replicated over `mesh`."""
     from ldlm.textvae import TextVAE
 
-    graphdef, params = nnx.split(TextVAE.from_run(run_dir).model)
+    vae = vae or TextVAE.from_run(run_dir)
+    graphdef, params = nnx.split(vae.model)
     mean, std = latents_lib.read_stats(run_dir)
     replicated = NamedSharding(mesh, P())
 
     def place(x):
-        x = np.asarray(to_host(x))
+        x = to_host(x)
         return jax.make_array_from_callback(x.shape, replicated, lambda idx: x[idx])
 
     fixed = {"vae": jax.tree.map(place, params), "mean": place(mean), "std": place(std)}
@@ -193,7 +193,10 @@ def dit_task(cfg: Config, run_dir, mesh, with_samples: bool = True) -> Task:
         raise ConfigError(f"dit.context_pool={cfg.dit.context_pool} must divide the VAE's "
                           f"number of latents ({N})")
     label_names = meta["label_names"]
-    decoder_graphdef, fixed = frozen_decoder(run_dir, mesh)
+    from ldlm.textvae import TextVAE
+
+    vae = TextVAE.from_run(run_dir)  # one load serves the token scores and the sample dumps
+    decoder_graphdef, fixed = frozen_decoder(run_dir, mesh, vae)
 
     def loss_fn(model, batch, rng, step, train, fixed=None):
         return dit_loss(model, batch, rng, step, train, cfg=cfg.dit,
@@ -208,7 +211,7 @@ def dit_task(cfg: Config, run_dir, mesh, with_samples: bool = True) -> Task:
                                                         train=False),
         frozen={**{f"dit.{k}": getattr(cfg.dit, k) for k in ARCHITECTURE},
                 "num_latents": N, "latent_dim": D, "num_classes": len(label_names)},
-        hook=sample_dump_hook(cfg, run_dir, label_names) if with_samples else None,
+        hook=sample_dump_hook(cfg, run_dir, label_names, vae) if with_samples else None,
         hook_every=cfg.dit.sample_every, fixed=fixed)
 
 
