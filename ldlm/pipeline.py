@@ -186,8 +186,12 @@ class LatentDiffusionPipeline:
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
         z_T = temperature * jax.random.normal(key, (n, self.N, self.D))
         guided = self._guided(labels, guidance)
-        fn = jax.jit(self._denoiser(sampler, grid, guided, trajectory_steps=steps))
-        z, estimates = fn(self._params, z_T, steps, jax.random.fold_in(key, 2),
+        # the scan's length is the step count, so a trajectory compiles once per budget
+        cache_key = (sampler, grid, guided, "trajectory", steps)
+        if cache_key not in self._jitted:
+            self._jitted[cache_key] = jax.jit(
+                self._denoiser(sampler, grid, guided, trajectory_steps=steps))
+        z, estimates = self._jitted[cache_key](self._params, z_T, steps, jax.random.fold_in(key, 2),
                           jnp.asarray(labels), jnp.float32(guidance),
                           _Context.empty(n, self.N, self.D).arrays(), jnp.float32(1.0),
                           jnp.float32(eta), jnp.float32(temperature))

@@ -96,6 +96,10 @@ def test_continuation_infilling_and_trajectory(pipe):
     steps = pipe.trajectory(n=2, steps=4, seed=5)
     assert len(steps) == 4 and all(len(s) == 2 for s in steps)
     assert steps[-1] == pipe.generate(n=2, steps=4, seed=5)
+    jitted = pipe._jitted[("dpm++", "uniform", False, "trajectory", 4)]
+    before = jitted._cache_size()
+    assert pipe.trajectory(n=2, steps=4, seed=6) != steps  # another draw, no new compile
+    assert jitted._cache_size() == before
 
 
 @pytest.mark.parametrize("kwargs,match", [
