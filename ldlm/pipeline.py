@@ -191,7 +191,8 @@ class LatentDiffusionPipeline:
         if cache_key not in self._jitted:
             self._jitted[cache_key] = jax.jit(
                 self._denoiser(sampler, grid, guided, trajectory_steps=steps))
-        z, estimates = self._jitted[cache_key](self._params, z_T, steps, jax.random.fold_in(key, 2),
+        fn = self._jitted[cache_key]
+        z, estimates = fn(self._params, z_T, steps, jax.random.fold_in(key, 2),
                           jnp.asarray(labels), jnp.float32(guidance),
                           _Context.empty(n, self.N, self.D).arrays(), jnp.float32(1.0),
                           jnp.float32(eta), jnp.float32(temperature))
