@@ -5,6 +5,7 @@
 # stage that produces it.
 
 PYTHON ?= .venv/bin/python
+LDLM ?= .venv/bin/ldlm
 EXP ?= bbc_news
 PRESET ?= cpu
 RUN ?= $(EXP)_$(PRESET)
@@ -57,54 +58,54 @@ demo: PRESET = cpu
 demo: data tokenizer vae latents dit sample
 
 data:
-	$(PYTHON) -m ldlm.cli.data $(STAGE_ARGS)
+	$(LDLM) data $(STAGE_ARGS)
 $(DATA_DONE):
-	$(PYTHON) -m ldlm.cli.data $(STAGE_ARGS)
+	$(LDLM) data $(STAGE_ARGS)
 
 tokenizer: | $(DATA_DONE)
-	$(PYTHON) -m ldlm.cli.tokenizer $(STAGE_ARGS)
+	$(LDLM) tokenizer $(STAGE_ARGS)
 $(TOKENIZER_DONE): | $(DATA_DONE)
-	$(PYTHON) -m ldlm.cli.tokenizer $(STAGE_ARGS)
+	$(LDLM) tokenizer $(STAGE_ARGS)
 
 vae: | $(TOKENIZER_DONE)
-	$(PYTHON) -m ldlm.cli.vae $(STAGE_ARGS)
+	$(LDLM) vae $(STAGE_ARGS)
 $(VAE_DONE): | $(TOKENIZER_DONE)
-	$(PYTHON) -m ldlm.cli.vae $(STAGE_ARGS)
+	$(LDLM) vae $(STAGE_ARGS)
 
 latents: | $(VAE_DONE)
-	$(PYTHON) -m ldlm.cli.latents $(STAGE_ARGS)
+	$(LDLM) latents $(STAGE_ARGS)
 $(LATENTS_DONE): | $(VAE_DONE)
-	$(PYTHON) -m ldlm.cli.latents $(STAGE_ARGS)
+	$(LDLM) latents $(STAGE_ARGS)
 
 dit: | $(LATENTS_DONE)
-	$(PYTHON) -m ldlm.cli.dit $(STAGE_ARGS)
+	$(LDLM) dit $(STAGE_ARGS)
 $(DIT_DONE): | $(LATENTS_DONE)
-	$(PYTHON) -m ldlm.cli.dit $(STAGE_ARGS)
+	$(LDLM) dit $(STAGE_ARGS)
 
 # e.g. make sample STEPS=64 N=4 SAMPLE_ARGS="--label sports --guidance 2"
 sample: | $(DIT_DONE)
-	$(PYTHON) -m ldlm.cli.sample --run-dir $(RUN_DIR) --steps $(STEPS) -n $(N) \
+	$(LDLM) sample --run-dir $(RUN_DIR) --steps $(STEPS) -n $(N) \
 		--sampler $(SAMPLER) $(SAMPLE_ARGS)
 
 ar: | $(TOKENIZER_DONE)
-	$(PYTHON) -m ldlm.cli.ar $(STAGE_ARGS)
+	$(LDLM) ar $(STAGE_ARGS)
 $(AR_DONE): | $(TOKENIZER_DONE)
-	$(PYTHON) -m ldlm.cli.ar $(STAGE_ARGS)
+	$(LDLM) ar $(STAGE_ARGS)
 
 reference: | $(TOKENIZER_DONE)
-	$(PYTHON) -m ldlm.cli.reference $(STAGE_ARGS)
+	$(LDLM) reference $(STAGE_ARGS)
 
 # SET="eval.reference=reference" scores with the reference LM (after make reference)
 eval: | $(DIT_DONE) $(AR_DONE)
-	$(PYTHON) -m ldlm.cli.eval $(STAGE_ARGS)
+	$(LDLM) eval $(STAGE_ARGS)
 
 notebooks: | $(DIT_DONE)
-	$(PYTHON) -m ldlm.cli.notebooks --run-dir $(RUN_DIR)
+	$(LDLM) notebooks --run-dir $(RUN_DIR)
 
 # The VAE stage as two local processes joined by jax.distributed (2 fake CPU devices each).
 train-multiprocess: | $(TOKENIZER_DONE)
 	$(PYTHON) -m ldlm.cli.multiprocess -n 2 --devices-per-process 2 --log-dir $(RUN_DIR)/logs \
-		-- ldlm.cli.vae $(STAGE_ARGS)
+		-- vae $(STAGE_ARGS)
 
 clean-run:
 	rm -rf $(RUN_DIR)

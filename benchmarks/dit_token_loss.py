@@ -21,10 +21,11 @@ import numpy as np
 
 from ldlm.config import MeshConfig, load_experiment
 from ldlm.mesh import make_mesh, param_rules
-from ldlm.train.dit import build_dit, dit_loss
+from ldlm.models.dit import build_dit
+from ldlm.train.dit import dit_loss
 from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
-from ldlm.train.vae import build_vae
+from ldlm.models.vae import build_vae
 
 
 def synthetic_batch(B: int, L: int, N: int, D: int, vocab: int) -> dict:
@@ -34,7 +35,7 @@ def synthetic_batch(B: int, L: int, N: int, D: int, vocab: int) -> dict:
             "has_next": jnp.ones(B, bool), "label": jnp.zeros(B, jnp.int32),
             "doc_index": jnp.zeros(B, jnp.int32),
             "tokens": jnp.asarray(rng.integers(4, vocab, (B, L)), jnp.int32),
-            "token_mask": jnp.ones((B, L), bool)}
+            "mask": jnp.ones((B, L), bool)}
 
 
 def main() -> None:
@@ -59,9 +60,9 @@ def main() -> None:
     for weight in (0.0, args.weight):
         dcfg = dataclasses.replace(cfg.dit, token_loss_weight=weight)
 
-        def loss_fn(m, b, k, s, t, fixed=None, dcfg=dcfg):
-            return dit_loss(m, b, k, s, t, cfg=dcfg, block_len=L,
-                            decoder_graphdef=vae_graphdef, fixed=fixed)
+        def loss_fn(m, b, k, s, t, counts, frozen=None, dcfg=dcfg):
+            return dit_loss(m, b, k, s, t, counts=counts, cfg=dcfg,
+                            decoder_graphdef=vae_graphdef, frozen=frozen)
 
         task = Task("dit", cfg.dit_train, build_dit(cfg, N, D, 5), loss_fn, train_batches=None)
         graphdef, params = build_model(task, mesh, 0, param_rules(cfg.mesh.rules))

@@ -23,11 +23,14 @@ import numpy as np
 from ldlm.config import Config, MeshConfig, load_experiment
 from ldlm.flops import PEAK_BF16, matmul_flops_per_s, train_flops
 from ldlm.mesh import batch_sharding, make_mesh, param_rules
-from ldlm.train.ar import ar_loss, build_ar
-from ldlm.train.dit import build_dit, dit_loss
+from ldlm.models.ar import build_ar
+from ldlm.train.ar import ar_loss
+from ldlm.models.dit import build_dit
+from ldlm.train.dit import dit_loss
 from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
-from ldlm.train.vae import build_vae, vae_loss
+from ldlm.models.vae import build_vae
+from ldlm.train.vae import vae_loss
 
 def synthetic(model: str, cfg: Config, vocab: int, B: int) -> tuple[dict, object, object]:
     """(batch, build, loss_fn) for a model."""
@@ -38,14 +41,14 @@ def synthetic(model: str, cfg: Config, vocab: int, B: int) -> tuple[dict, object
                  "mask": jnp.ones((B, L), bool)}
         if model == "ar":
             return batch, build_ar(cfg, vocab), ar_loss
-        return batch, build_vae(cfg, vocab), lambda m, b, k, s, t: vae_loss(
-            m, b, k, s, t, cfg=cfg.vae, total_steps=1000)
+        return batch, build_vae(cfg, vocab), lambda m, b, k, s, t, counts: vae_loss(
+            m, b, k, s, t, counts=counts, cfg=cfg.vae, total_steps=1000)
     z = lambda: jnp.asarray(rng.standard_normal((B, N, D)), jnp.float32)  # noqa: E731
     batch = {"z": z(), "prev": z(), "next": z(), "has_prev": jnp.ones(B, bool),
              "has_next": jnp.ones(B, bool), "label": jnp.zeros(B, jnp.int32),
-             "doc_index": jnp.zeros(B, jnp.int32)}
-    return batch, build_dit(cfg, N, D, 5), lambda m, b, k, s, t: dit_loss(
-        m, b, k, s, t, cfg=cfg.dit, block_len=L)
+             "doc_index": jnp.zeros(B, jnp.int32), "mask": jnp.ones((B, L), bool)}
+    return batch, build_dit(cfg, N, D, 5), lambda m, b, k, s, t, counts: dit_loss(
+        m, b, k, s, t, counts=counts, cfg=cfg.dit)
 
 
 def measure(model: str, cfg: Config, mesh_cfg: MeshConfig, vocab: int,

@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
-    from ldlm.pipeline import LatentDiffusionPipeline
+    from ldlm.inference.generation import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline.from_pretrained(args.run_dir)
     ar = ar_sampler(args.run_dir, pipe)
@@ -67,12 +67,12 @@ def ar_sampler(run_dir, pipe):
     from ldlm.errors import MissingStageError
     from ldlm.loading import load_stage_model, stage_config
     from ldlm.models.ar import sample_tokens
-    from ldlm.train.ar import build_ar
+    from ldlm.models.ar import build_ar
 
     try:
         cfg = stage_config(run_dir, "ar", "the AR baseline")
         model = load_stage_model(run_dir, "ar", build_ar(cfg, pipe.vae.tokenizer.vocab_size),
-                                 cfg.ar_train, cfg.seed)
+                                 cfg.ar_train)
     except MissingStageError:
         return None
     L = pipe.vae.block_len

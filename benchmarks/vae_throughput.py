@@ -22,7 +22,8 @@ from ldlm.flops import forward_flops, matmul_flops_per_s
 from ldlm.mesh import make_mesh
 from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
-from ldlm.train.vae import build_vae, vae_loss
+from ldlm.models.vae import build_vae
+from ldlm.train.vae import vae_loss
 
 
 def main() -> None:
@@ -40,8 +41,9 @@ def main() -> None:
     batch = {"tokens": jnp.asarray(rng.integers(4, args.vocab, (B, L)), jnp.int32),
              "mask": jnp.ones((B, L), bool)}
 
-    def loss_fn(model, b, key, step, train):
-        return vae_loss(model, b, key, step, train, cfg=cfg.vae, total_steps=1000)
+    def loss_fn(model, b, key, step, train, *, counts):
+        return vae_loss(model, b, key, step, train, counts=counts, cfg=cfg.vae,
+                        total_steps=1000)
 
     task = Task("vae", cfg.vae_train, build_vae(cfg, args.vocab), loss_fn, train_batches=None)
     graphdef, params = build_model(task, mesh, 0)

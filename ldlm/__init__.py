@@ -12,9 +12,9 @@ __all__ = ["LatentDiffusionPipeline", "TextVAE"]
 
 def __getattr__(name):  # lazy: `import ldlm` stays light (no jax import)
     if name == "TextVAE":
-        from ldlm.textvae import TextVAE
+        from ldlm.inference.textvae import TextVAE
         return TextVAE
     if name == "LatentDiffusionPipeline":
-        from ldlm.pipeline import LatentDiffusionPipeline
+        from ldlm.inference.generation import LatentDiffusionPipeline
         return LatentDiffusionPipeline
     raise AttributeError(f"module 'ldlm' has no attribute {name!r}")

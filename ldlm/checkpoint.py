@@ -55,6 +55,20 @@ class Checkpointer:
             meta=ocp.args.JsonRestore()))
         return out["state"], out["data"], out["meta"]
 
+    def restore_weights(self, params_like, step: int | None = None,
+                        ema: bool = False) -> Any:
+        """Only the parameters (or, with `ema`, the EMA weights) of a checkpoint, restored into
+        the layout of `params_like`: what inference needs, without the optimizer state."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise MissingStageError("checkpoint", self.directory, self.stage)
+        name = "ema" if ema else "params"
+        target = {name: abstract_like(params_like)}
+        out = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)))
+        return out["state"][name]
+
     def read_meta(self, step: int | None = None) -> dict:
         """The JSON record of a checkpoint, without loading its arrays."""
         step = self.latest_step() if step is None else step

@@ -21,14 +21,13 @@ from typing import Any, Iterable
 from ldlm.errors import ConfigError
 
 PRESETS = ("tiny", "cpu", "base")
-DATA_SOURCES = ("tfds", "text_folder", "jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where documents come from and how they are cut into blocks."""
 
-    source: str = "tfds"  # one of DATA_SOURCES
+    source: str = "tfds"  # tfds | text_folder | jsonl (ldlm/data/sources.py)
     tfds_name: str = "bbc_news"  # any prepared TFDS text data set; bbc_news is built in
     tfds_data_dir: str = ""  # "" -> <run_dir>/data/tfds
     text_field: str = "text"
@@ -121,7 +120,7 @@ class DiTConfig:
     # weight of the frozen VAE decoder's token cross-entropy on the clean estimate (x alpha^2)
     token_loss_weight: float = 0.0
     sample_every: int = 0  # decoded sample dumps every K steps (0 = only at the end)
-    sample_steps: str = "10,50"  # step budgets of the dumps, comma separated
+    sample_steps: tuple[int, ...] = (10, 50)  # step budgets of the dumps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +142,9 @@ class EvalConfig:
     text (ldlm/eval/compare.py)."""
 
     num_samples: int = 64  # per system and setting (and real test blocks)
-    samplers: str = "ddim,dpm++,ddpm"
-    steps: str = "1,2,4,8,16,32,64,128,256"
-    guidance_scales: str = "0,1,2,4"  # topic accuracy of class-conditional samples
+    samplers: tuple[str, ...] = ("ddim", "dpm++", "ddpm")
+    steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)  # topic accuracy per scale
     guidance_steps: int = 32
     guidance_sampler: str = "dpm++"
     # which causal LM scores samples (gen-PPL) and gives MAUVE features: "ar" (the baseline
@@ -177,6 +176,9 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # validation loss every K steps (0 = only at the end)
     eval_batches: int = 8  # validation batches per evaluation
+
+
+TRAIN_SECTIONS = ("vae_train", "dit_train", "ar_train", "reference_train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,12 +226,13 @@ class Config:
         return cls.from_dict(json.loads(path.read_text()))
 
     def validate(self) -> "Config":
-        """Checks that span fields; raises ConfigError naming the key. Returns self."""
+        """Checks of ranges and of fields that depend on each other; raises ConfigError
+        naming the key. Returns self. Names chosen from a fixed set (samplers, schedules,
+        rule sets, ...) are checked against the modules that define them by
+        `ldlm.stages.choices.check_choices`, which every entry point runs."""
         d = self.data
         if self.preset not in PRESETS:
             raise ConfigError(f"preset={self.preset!r} is not one of {list(PRESETS)}")
-        if d.source not in DATA_SOURCES:
-            raise ConfigError(f"data.source={d.source!r} is not one of {list(DATA_SOURCES)}")
         if d.source in ("text_folder", "jsonl") and not d.path:
             raise ConfigError(f"data.source={d.source!r} needs data.path (the corpus location)")
         if d.block_len < 2:
@@ -247,9 +250,6 @@ class Config:
         if self.tokenizer.vocab_size < 260:
             raise ConfigError(f"tokenizer.vocab_size={self.tokenizer.vocab_size} is too small: "
                               "byte fallback alone needs 256 pieces plus the special tokens")
-        if self.tokenizer.model_type not in ("unigram", "bpe"):
-            raise ConfigError(f"tokenizer.model_type={self.tokenizer.model_type!r} is not one "
-                              "of ['unigram', 'bpe']")
         v = self.vae
         if v.num_latents < 1 or d.block_len % v.num_latents:
             raise ConfigError(f"data.block_len={d.block_len} must be a multiple of "
@@ -261,17 +261,6 @@ class Config:
             raise ConfigError(f"vae.width={v.width} must split into vae.heads={v.heads} "
                               "heads of even width (RoPE)")
         t = self.dit
-        if t.schedule not in ("cosine", "linear"):
-            raise ConfigError(f"dit.schedule={t.schedule!r} is not one of ['cosine', 'linear']")
-        if t.prediction not in ("eps", "x0", "v"):
-            raise ConfigError(f"dit.prediction={t.prediction!r} is not one of "
-                              "['eps', 'x0', 'v']")
-        if t.loss_weighting not in ("none", "min_snr"):
-            raise ConfigError(f"dit.loss_weighting={t.loss_weighting!r} is not one of "
-                              "['none', 'min_snr']")
-        if t.time_sampling not in ("uniform", "logit_normal"):
-            raise ConfigError(f"dit.time_sampling={t.time_sampling!r} is not one of "
-                              "['uniform', 'logit_normal']")
         if t.width % t.heads or (t.width // t.heads) % 2:
             raise ConfigError(f"dit.width={t.width} must split into dit.heads={t.heads} "
                               "heads of even width (RoPE)")
@@ -279,32 +268,15 @@ class Config:
             raise ConfigError(f"dit.snr_scale={t.snr_scale} must be > 0")
         if t.token_loss_weight < 0:
             raise ConfigError(f"dit.token_loss_weight={t.token_loss_weight} must be >= 0")
-        try:
-            budgets = [int(x) for x in t.sample_steps.split(",") if x.strip()]
-        except ValueError:
-            budgets = [0]
-        if not budgets or not all(1 <= b <= 1000 for b in budgets):
-            raise ConfigError(f"dit.sample_steps={t.sample_steps!r} must be comma-separated "
-                              "step counts in 1..1000")
         ev = self.eval
+        for key, budgets in (("dit.sample_steps", t.sample_steps), ("eval.steps", ev.steps),
+                             ("eval.guidance_steps", (ev.guidance_steps,))):
+            if not budgets or not all(1 <= b <= 1000 for b in budgets):
+                raise ConfigError(f"{key}={_text(budgets)} must be step counts in 1..1000")
         if ev.num_samples < 1:
             raise ConfigError(f"eval.num_samples={ev.num_samples} must be at least 1")
-        for s in ev.samplers.split(",") + [ev.guidance_sampler]:
-            if s.strip() not in ("ddpm", "ddim", "dpm++"):
-                raise ConfigError(f"eval sampler {s.strip()!r} (eval.samplers / "
-                                  "eval.guidance_sampler) is not one of ['ddpm', 'ddim', "
-                                  "'dpm++']")
-        try:
-            ok = all(1 <= int(x) <= 1000 for x in ev.steps.split(",")) and \
-                1 <= ev.guidance_steps <= 1000
-            [float(x) for x in ev.guidance_scales.split(",")]
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"eval.steps={ev.steps!r} must be comma-separated step counts "
-                              f"in 1..1000 (and eval.guidance_steps too), "
-                              f"eval.guidance_scales={ev.guidance_scales!r} comma-separated "
-                              "numbers")
+        if not ev.samplers or not ev.guidance_scales:
+            raise ConfigError("eval.samplers and eval.guidance_scales must not be empty")
         a = self.ar
         if a.width % a.heads or (a.width // a.heads) % 2:
             raise ConfigError(f"ar.width={a.width} must split into ar.heads={a.heads} heads "
@@ -314,14 +286,8 @@ class Config:
                               f"ar.top_p={a.top_p} in (0, 1]")
         if not 0 < ev.temperature <= 2:
             raise ConfigError(f"eval.temperature={ev.temperature} must lie in (0, 2]")
-        if ev.reference not in ("ar", "reference"):
-            raise ConfigError(f"eval.reference={ev.reference!r} is not one of ['ar', "
-                              "'reference']")
-        for name in ("vae_train", "dit_train", "ar_train", "reference_train"):
+        for name in TRAIN_SECTIONS:
             t = getattr(self, name)
-            if t.compute_dtype not in ("float32", "bfloat16"):
-                raise ConfigError(f"{name}.compute_dtype={t.compute_dtype!r} is not one of "
-                                  "['float32', 'bfloat16']")
             if t.steps < 1 or t.checkpoint_every < 1 or t.log_every < 1:
                 raise ConfigError(f"{name}.steps, .checkpoint_every and .log_every must be "
                                   ">= 1")
@@ -330,9 +296,6 @@ class Config:
                                   f"data.batch_size={self.data.batch_size}")
             if not 0 <= t.ema_decay < 1:
                 raise ConfigError(f"{name}.ema_decay={t.ema_decay} must lie in [0, 1)")
-        if self.mesh.rules not in ("fsdp_tp", "fsdp", "replicated"):
-            raise ConfigError(f"mesh.rules={self.mesh.rules!r} is not one of ['fsdp_tp', "
-                              "'fsdp', 'replicated']")
         sizes = [self.mesh.data, self.mesh.fsdp, self.mesh.tensor]
         if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
             raise ConfigError(f"mesh sizes {sizes} (data, fsdp, tensor): each must be >= 1, "
@@ -377,8 +340,24 @@ def _convert(key: str, raw: Any, tp, from_text: bool) -> Any:
     return value
 
 
+def _text(value) -> str:
+    """A field's value as written on the command line (tuples comma-separated)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _try_convert(raw: Any, tp):
-    """The converted value, or None when `raw` does not fit `tp`."""
+    """The converted value, or None when `raw` does not fit `tp`. A tuple field takes a
+    comma-separated string on the command line and a list in JSON."""
+    if typing.get_origin(tp) is tuple:
+        item = typing.get_args(tp)[0]
+        if isinstance(raw, str):
+            parts = [x.strip() for x in raw.split(",") if x.strip()]
+        elif isinstance(raw, (list, tuple)):
+            parts = list(raw)
+        else:
+            return None
+        items = [_try_convert(x, item) for x in parts]
+        return None if any(x is None for x in items) else tuple(items)
     if tp is bool:
         if isinstance(raw, bool):
             return raw
@@ -431,6 +410,7 @@ def _set(node, key: str, raw: str, cls, prefix: str, full_key: str):
     return dataclasses.replace(node, **{head: _convert(full_key, raw, tp, from_text=True)})
 
 
+
 def _from_dict(cls, d: dict, prefix: str):
     if not isinstance(d, dict):
         raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'} must be an object")
@@ -462,7 +442,7 @@ def preset_config(preset: str) -> Config:
                           num_latents=8, latent_dim=16),
             vae_train=TrainConfig(steps=60, lr=3e-3, checkpoint_every=20, log_every=10,
                                   eval_batches=2),
-            dit=DiTConfig(width=64, heads=2, mlp_dim=128, layers=2, sample_steps="5"),
+            dit=DiTConfig(width=64, heads=2, mlp_dim=128, layers=2, sample_steps=(5,)),
             dit_train=TrainConfig(steps=40, lr=2e-3, ema_decay=0.9, checkpoint_every=20,
                                   log_every=10, eval_batches=2),
             ar=ARConfig(width=64, heads=2, mlp_dim=128, layers=2),
@@ -471,8 +451,8 @@ def preset_config(preset: str) -> Config:
             reference=ARConfig(width=64, heads=2, mlp_dim=128, layers=3),
             reference_train=TrainConfig(steps=30, lr=3e-3, checkpoint_every=15, log_every=10,
                                         eval_batches=2),
-            eval=EvalConfig(num_samples=8, samplers="ddim,dpm++", steps="1,4",
-                            guidance_scales="0,2", guidance_steps=4))
+            eval=EvalConfig(num_samples=8, samplers=("ddim", "dpm++"), steps=(1, 4),
+                            guidance_scales=(0.0, 2.0), guidance_steps=4))
     if preset == "cpu":
         return Config(
             preset="cpu",

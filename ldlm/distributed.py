@@ -6,7 +6,7 @@ a single process. Otherwise, one of:
   local launcher `python -m ldlm.cli.multiprocess` sets);
 - LDLM_DISTRIBUTED=auto: JAX detects the cluster itself (TPU pod slices, SLURM, ...).
 On CPU, collectives go through gloo. Afterwards `jax.devices()` lists every process's
-devices, each process feeds only its own share of a batch (ldlm.data.pipeline), Orbax
+devices, each process feeds only its own share of a batch (ldlm.data.batches), Orbax
 writes checkpoints collectively and only process 0 logs and writes metrics.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import jax
+from jax.experimental import multihost_utils
 
 from ldlm.errors import ConfigError
 
@@ -49,3 +50,10 @@ def initialize_from_env() -> bool:
     _started = True
     return True
 
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (a no-op for one process): after
+    process 0 writes a file that the others read next."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

@@ -1,8 +1,9 @@
 """Loading a trained stage's model from a run directory (for inference, on one device).
 
 A stage directory holds the resolved `config.json` and Orbax checkpoints of the whole train
-state; this rebuilds the model from that config, restores the newest (or a given) checkpoint
-and returns the EMA weights when the run kept them.
+state; this rebuilds the model from that config and restores only its weights from the
+newest (or a given) checkpoint: the EMA weights when the run kept them, else the parameters.
+Used by inference and by stages that need a frozen model of an earlier stage.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from ldlm.checkpoint import Checkpointer
 from ldlm.config import Config, MeshConfig, TrainConfig
 from ldlm.errors import LdlmError, MissingStageError
 from ldlm.mesh import PARAM_RULES, make_mesh
-from ldlm.train.state import init_state, make_optimizer
 
 
 def stage_config(run_dir, stage: str, what: str) -> Config:
@@ -31,7 +31,7 @@ def stage_config(run_dir, stage: str, what: str) -> Config:
 
 
 def load_stage_model(run_dir, stage: str, build: Callable[[nnx.Rngs], nnx.Module],
-                     train_cfg: TrainConfig, seed: int, *, step: int | None = None,
+                     train_cfg: TrainConfig, *, step: int | None = None,
                      ema: bool = True) -> nnx.Module:
     """The model of `stage` in `run_dir`, built by `build` and restored from its checkpoint
     (newest unless `step`), with EMA weights when kept and `ema`, on the first local device."""
@@ -39,14 +39,14 @@ def load_stage_model(run_dir, stage: str, build: Callable[[nnx.Rngs], nnx.Module
     with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
         model = build(nnx.Rngs(params=0))
     graphdef, params = nnx.split(model)
-    like = init_state(params, make_optimizer(train_cfg), seed, ema=train_cfg.ema_decay > 0)
     ckpt = Checkpointer(rundir.stage_dir(pathlib.Path(run_dir), stage) / "checkpoints",
                         stage=stage)
     try:
         if ckpt.latest_step() is None:
             raise MissingStageError(f"a {stage} checkpoint", ckpt.directory, stage)
         try:
-            state, _, _ = ckpt.restore(like, step)
+            weights = ckpt.restore_weights(params, step,
+                                           ema=ema and train_cfg.ema_decay > 0)
         except ValueError as e:  # Orbax: the tree or shapes differ from what the config builds
             raise LdlmError(
                 f"the {stage} checkpoint in {ckpt.directory} does not match the model its "
@@ -55,5 +55,4 @@ def load_stage_model(run_dir, stage: str, build: Callable[[nnx.Rngs], nnx.Module
                 f"{str(e).splitlines()[0]}") from None
     finally:
         ckpt.close()
-    weights = state.ema if (ema and state.ema is not None) else state.params
     return nnx.merge(graphdef, weights)

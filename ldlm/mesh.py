@@ -12,6 +12,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from ldlm.config import MeshConfig
@@ -105,7 +106,5 @@ def to_host(x) -> np.ndarray:
     """A jax.Array as one whole numpy array on every process (gathered from the other
     processes when it spans their devices)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)

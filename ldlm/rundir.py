@@ -52,10 +52,6 @@ def start_stage(cfg: Config, run_dir, stage: str) -> pathlib.Path:
     return out
 
 
-def load_stage_config(run_dir, stage: str) -> Config:
-    return Config.from_json_file(stage_dir(run_dir, stage) / CONFIG_FILE)
-
-
 def setup_logging(level: int = logging.INFO) -> None:
     """`ldlm` loggers print to stderr; processes other than 0 only print warnings."""
     logger = logging.getLogger("ldlm")

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ldlm.eval.compare import split_blocks
-from ldlm.eval.metrics import TopicClassifier
+from ldlm.eval.sample_metrics import TopicClassifier
 from ldlm import LatentDiffusionPipeline
 
 pipe = LatentDiffusionPipeline.from_pretrained(RUN_DIR)

@@ -23,7 +23,7 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_cfg):
     """A run directory with the data and tokenizer stages done on the tiny preset."""
-    from ldlm.data.stages import run_data, run_tokenizer
+    from ldlm.stages.data import run_data, run_tokenizer
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
     run_data(tiny_cfg, run_dir)
@@ -34,23 +34,26 @@ def tiny_run(tmp_path_factory, tiny_cfg):
 @pytest.fixture(scope="session")
 def trained_tiny(tiny_run, tiny_cfg, tmp_path_factory):
     """A tiny VAE trained for a few steps with checkpoints, sharing the tiny data run."""
+    from ldlm.stages.vae import evaluate_trained_vae
     from ldlm.train.vae import train_vae
 
     src, _ = tiny_run
     run_dir = link_stages(src, tmp_path_factory.mktemp("vae_run"))
     cfg = tiny_cfg.override(["vae_train.steps=6", "vae_train.checkpoint_every=3"])
     result = train_vae(cfg, run_dir)
+    evaluate_trained_vae(cfg, run_dir, result)  # the latent statistics later stages need
     return cfg, run_dir, result
 
 
 @pytest.fixture(scope="session")
 def tiny_dit(trained_tiny, tmp_path_factory):
     """Latents of the tiny VAE run and a tiny DiT trained on them (with context)."""
-    from ldlm.data import latents as latents_lib
+    from ldlm.stages.dit import sample_dump_hook
+    from ldlm.stages.latents import run_latents
     from ldlm.train.dit import train_dit
 
     cfg, src, _ = trained_tiny
     run_dir = link_stages(src, tmp_path_factory.mktemp("dit_run"), ("data", "tokenizer", "vae"))
-    latents_lib.run_latents(cfg, run_dir, batch_size=64)
-    result = train_dit(cfg, run_dir)
+    run_latents(cfg, run_dir, batch_size=64)
+    result = train_dit(cfg, run_dir, sample_dump_hook(cfg, run_dir))
     return cfg, run_dir, result

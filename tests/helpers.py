@@ -1,8 +1,22 @@
 """Helpers shared by test modules."""
 
 import jax
+import numpy as np
 import optax
 from flax import nnx
+
+
+def assert_trees_close(actual, expected, **tolerances) -> None:
+    """Two pytrees have the same structure (paths) and leaves equal within tolerance;
+    a missing or extra leaf fails, unlike a zip over leaves."""
+    a = dict(jax.tree_util.tree_flatten_with_path(actual)[0])
+    b = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+    assert set(map(jax.tree_util.keystr, a)) == set(map(jax.tree_util.keystr, b)), \
+        "the trees differ in structure"
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for path, leaf in a.items():
+        np.testing.assert_allclose(np.asarray(leaf), np.asarray(b[path]),
+                                   err_msg=jax.tree_util.keystr(path), **tolerances)
 
 
 def link_stages(src_run, dst_run, stages=("data", "tokenizer")):

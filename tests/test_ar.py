@@ -56,7 +56,7 @@ def test_top_p_keeps_the_nucleus_and_temperature_zero_is_greedy():
 
 
 def test_ar_stage_trains_and_writes_its_result(tiny_run, tiny_cfg, tmp_path):
-    from ldlm.train.ar import run_ar
+    from ldlm.stages.ar import run_ar
 
     src, _ = tiny_run
     run_dir = link_stages(src, tmp_path / "ar_run")

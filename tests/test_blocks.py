@@ -7,8 +7,8 @@ import pytest
 
 from ldlm.data import blocks as blocks_lib
 from ldlm.data import sources
-from ldlm.data.pipeline import block_source, blocks_dir
-from ldlm.data.stages import run_tokenizer
+from ldlm.data.batches import block_source, blocks_dir
+from ldlm.stages.data import run_tokenizer
 from ldlm.data.tokenizer import EOS_ID, MASK_ID, PAD_ID, Tokenizer
 
 
@@ -57,7 +57,7 @@ def test_tokenizer_roundtrip_on_validation_sample(tiny_run, tiny_cfg):
 
 def _all_blocks(run_dir, role):
     src = block_source(run_dir, role)
-    return [blocks_lib.decode_record(src[i]) for i in range(len(src))]
+    return [src[i] for i in range(len(src))]
 
 
 def test_blocks_never_cross_documents_and_rebuild_each_document(tiny_run, tiny_cfg):

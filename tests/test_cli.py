@@ -12,12 +12,12 @@ def _run(*args, cwd=None):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["ldlm.cli.data", "--set", "data.blok_len=64"], "unknown config key 'data.blok_len'"),
-    (["ldlm.cli.data", "--set", "data.block_len=1"], "cannot hold one token plus EOS"),
-    (["ldlm.cli.data", "--set", "data.block_len=x"], "expects int"),
-    (["ldlm.cli.data", "--preset", "huge"], "unknown preset 'huge'"),
-    (["ldlm.cli.data", "--set", "data.tfds_name=nope"], "no TFDS data set named 'nope'"),
-    (["ldlm.cli.data", "--set", "data.source=text_folder", "--set", "data.path=/nonexistent"],
+    (["ldlm", "data", "--set", "data.blok_len=64"], "unknown config key 'data.blok_len'"),
+    (["ldlm", "data", "--set", "data.block_len=1"], "cannot hold one token plus EOS"),
+    (["ldlm", "data", "--set", "data.block_len=x"], "expects int"),
+    (["ldlm", "data", "--preset", "huge"], "unknown preset 'huge'"),
+    (["ldlm", "data", "--set", "data.tfds_name=nope"], "no TFDS data set named 'nope'"),
+    (["ldlm", "data", "--set", "data.source=text_folder", "--set", "data.path=/nonexistent"],
      "is not a folder"),
 ])
 def test_user_errors_are_one_clear_line(tmp_path, args, message):
@@ -28,6 +28,6 @@ def test_user_errors_are_one_clear_line(tmp_path, args, message):
 
 
 def test_stage_without_its_input_names_the_make_target(tmp_path):
-    r = _run("ldlm.cli.tokenizer", "--run-dir", str(tmp_path / "run"))
+    r = _run("ldlm", "tokenizer", "--run-dir", str(tmp_path / "run"))
     assert r.returncode == 2 and "run `make data` first" in r.stderr
     assert "Traceback" not in r.stderr

@@ -5,21 +5,21 @@ import json
 import pytest
 
 from ldlm.errors import MissingStageError
+from tests.helpers import link_stages
 
 
 def test_eval_without_the_baseline_names_make_ar(tiny_dit, tiny_cfg, tmp_path):
-    from ldlm.eval.compare import run_eval
+    from ldlm.stages.eval import run_eval
 
-    _, run_dir, _ = tiny_dit
-    if (run_dir / "ar").exists():
-        pytest.skip("the baseline of this run exists already")
+    _, src, _ = tiny_dit
+    run_dir = link_stages(src, tmp_path / "no_ar", ("data", "tokenizer", "vae", "latents", "dit"))
     with pytest.raises(MissingStageError, match="make ar"):
         run_eval(tiny_cfg, run_dir)
 
 
 def test_eval_scores_every_system_and_writes_table_and_plot(tiny_dit, tiny_cfg):
-    from ldlm.eval.compare import run_eval
-    from ldlm.train.ar import run_ar
+    from ldlm.stages.eval import run_eval
+    from ldlm.stages.ar import run_ar
 
     _, run_dir, _ = tiny_dit
     run_ar(tiny_cfg, run_dir)
@@ -40,8 +40,8 @@ def test_eval_scores_every_system_and_writes_table_and_plot(tiny_dit, tiny_cfg):
 
 
 def test_eval_can_score_with_the_reference_lm(tiny_dit, tiny_cfg):
-    from ldlm.eval.compare import run_eval
-    from ldlm.train.ar import run_ar, run_reference
+    from ldlm.stages.eval import run_eval
+    from ldlm.stages.ar import run_ar, run_reference
 
     _, run_dir, _ = tiny_dit
     if not (run_dir / "ar" / "result.json").exists():

@@ -1,11 +1,13 @@
 import dataclasses
 import json
+import re
 
 import pytest
 
 from ldlm.config import PRESETS, Config, apply_overrides, load_experiment
 from ldlm.config import EXPERIMENTS_DIR
 from ldlm.errors import ConfigError
+from ldlm.stages.choices import check_choices
 
 
 def test_overrides_convert_to_field_types():
@@ -51,9 +53,34 @@ def test_block_length_that_cannot_hold_a_token_and_eos():
     assert apply_overrides(Config(), ["data.block_len=2", "vae.num_latents=1"]).data.block_len == 2
 
 
+@pytest.mark.parametrize("assignment,allowed", [
+    ("data.source=csv", "['tfds', 'text_folder', 'jsonl']"),
+    ("dit.schedule=sigmoid", "['cosine', 'linear']"),
+    ("eval.samplers=ddim,euler", "['ddpm', 'ddim', 'dpm++']"),
+    ("mesh.rules=zero3", "['fsdp_tp', 'fsdp', 'replicated']"),
+    ("dit_train.compute_dtype=float16", "['float32', 'bfloat16']"),
+])
+def test_a_choice_outside_its_modules_set_is_named(assignment, allowed):
+    key, value = assignment.split("=")
+    cfg = apply_overrides(Config(), [assignment])  # structurally fine
+    bad = value.split(",")[-1]
+    with pytest.raises(ConfigError, match=re.escape(f"{key}={bad!r} is not one of {allowed}")):
+        check_choices(cfg)
+
+
+def test_tuple_fields_take_comma_separated_values_and_json_lists():
+    cfg = apply_overrides(Config(), ["eval.steps=4,16", "eval.guidance_scales=0,1.5",
+                                     "eval.samplers=ddim"])
+    assert cfg.eval.steps == (4, 16) and cfg.eval.guidance_scales == (0.0, 1.5)
+    assert cfg.eval.samplers == ("ddim",)
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ConfigError, match="eval.steps"):
+        apply_overrides(Config(), ["eval.steps=4,x"])
+    with pytest.raises(ConfigError, match=r"dit.sample_steps=0,5 must be step counts"):
+        apply_overrides(Config(), ["dit.sample_steps=0,5"])
+
+
 def test_semantic_validation():
-    with pytest.raises(ConfigError, match="data.source"):
-        apply_overrides(Config(), ["data.source=csv"])
     with pytest.raises(ConfigError, match="needs data.path"):
         apply_overrides(Config(), ["data.source=jsonl"])
     with pytest.raises(ConfigError, match="at most one may be -1"):
@@ -87,6 +114,7 @@ def test_every_shipped_experiment_loads_and_validates(experiment, preset):
     cfg = load_experiment(experiment, preset)
     assert cfg.preset == preset
     assert cfg.validate() is cfg
+    assert check_choices(cfg) is cfg
     assert dataclasses.is_dataclass(cfg)
 
 

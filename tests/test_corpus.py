@@ -7,7 +7,7 @@ import pytest
 
 from ldlm.config import Config, apply_overrides
 from ldlm.data import corpus, sources
-from ldlm.data.stages import run_data, run_tokenizer
+from ldlm.stages.data import run_data, run_tokenizer
 from ldlm.errors import DataError, MissingStageError
 
 

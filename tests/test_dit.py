@@ -16,12 +16,13 @@ from ldlm.data import latents as latents_lib
 from ldlm.errors import ConfigError, MissingStageError
 from ldlm.mesh import PARAM_RULES, make_mesh
 from ldlm.models.dit import DiT, timestep_embedding
-from ldlm.textvae import TextVAE
-from ldlm.train.dit import (decoder_token_scores, dit_loss, frozen_decoder, sample_latents,
+from ldlm.inference.textvae import TextVAE
+from ldlm.train.dit import (decoder_token_scores, dit_loss, frozen_decoder,
                             train_dit)
-from ldlm.train.loop import replicate_unsharded
+from ldlm.diffusion import samplers
+from ldlm.train.loop import batch_counts, replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
-from tests.helpers import fit
+from tests.helpers import assert_trees_close, fit
 
 CFG = DiTConfig(width=64, heads=2, mlp_dim=128, layers=2)
 
@@ -106,10 +107,13 @@ def test_tiny_dit_overfits_a_fixed_set_of_latents():
     batch = {"z": jnp.tile(data, (8, 1, 1)), "label": jnp.full((32,), -1, jnp.int32),
              "doc_index": jnp.zeros(32, jnp.int32), "prev": jnp.zeros((32, 4, 8)),
              "next": jnp.zeros((32, 4, 8)), "has_prev": jnp.zeros(32, bool),
-             "has_next": jnp.zeros(32, bool)}
+             "has_next": jnp.zeros(32, bool), "mask": jnp.ones((32, 16), bool)}
     trained = fit(_dit(cfg, classes=1), lambda m, rng, i: dit_loss(
-        m, batch, rng, i, True, cfg=cfg, block_len=16), 1500, 2e-3)
-    samples = sample_latents(trained, cfg, 16, 50, seed=0)
+        m, batch, rng, i, True, counts=batch_counts(batch), cfg=cfg), 1500, 2e-3)
+    z_T = jax.random.normal(jax.random.PRNGKey(0), (16, 4, 8))
+    samples = samplers.ddim(lambda z, t, sc: trained(z, t, self_cond_BxNxD=sc), z_T, 50,
+                            jax.random.PRNGKey(1), schedule=cfg.schedule,
+                            snr_scale=cfg.snr_scale, prediction=cfg.prediction)
     rms = lambda x: np.sqrt(np.mean(np.asarray(x) ** 2, axis=(-2, -1)))
     nearest = rms(samples[:, None] - data[None]).min(axis=1)  # RMS distance per coordinate
     random_distance = rms(data[:, None] - data[None])[np.triu_indices(4, 1)].min()
@@ -124,7 +128,8 @@ def test_latent_cache_matches_the_vae_and_knows_neighbours(tiny_dit):
     src = latents_lib.LatentSource(run_dir, "validation")
     meta = latents_lib.read_meta(run_dir)
     assert len(src) == meta["blocks"]["validation"] > 0
-    mean, std = latents_lib.read_stats(run_dir)
+    normaliser = latents_lib.LatentNormaliser.load(run_dir)
+    mean, std = normaliser.mean_D, normaliser.std_D
     assert mean.shape == std.shape == (cfg.vae.latent_dim,) and (std > 0).all()
     items = [src[i] for i in range(min(len(src), 40))]
     for i, it in enumerate(items):
@@ -136,15 +141,14 @@ def test_latent_cache_matches_the_vae_and_knows_neighbours(tiny_dit):
             assert it["has_next"]
             np.testing.assert_array_equal(it["next"], items[i + 1]["z"])
     # the cached latents are the VAE's encodings of the blocks
-    from ldlm.data import pipeline
-    from ldlm.data.blocks import decode_record
+    from ldlm.data import batches
     vae = TextVAE.from_run(run_dir)
-    block = decode_record(pipeline.block_source(run_dir, "validation")[3])
+    block = batches.block_source(run_dir, "validation")[3]
     z = vae.encode_tokens(block["tokens"][None])[0]
     np.testing.assert_allclose((z - mean) / std, src[3]["z"], rtol=1e-4, atol=1e-4)
     # ... and carry the block's tokens with its padding mask
     np.testing.assert_array_equal(src[3]["tokens"], block["tokens"])
-    np.testing.assert_array_equal(src[3]["token_mask"], block["mask"])
+    np.testing.assert_array_equal(src[3]["mask"], block["mask"])
 
 
 def test_latent_cache_of_an_older_version_is_refused(tiny_dit, tmp_path):
@@ -171,9 +175,9 @@ def test_token_scores_are_the_decoders_and_the_token_loss_reaches_the_dit(tiny_d
     vae = TextVAE.from_run(run_dir)
     clean = batch["z"] * fixed["std"][None, None] + fixed["mean"][None, None]
     _, acc_B = decoder_token_scores(nnx.merge(graphdef, fixed["vae"]).decode, clean,
-                                    batch["tokens"], batch["token_mask"])
+                                    batch["tokens"], batch["mask"])
     tokens, _ = vae.decode_tokens(np.asarray(clean))
-    m = np.asarray(batch["token_mask"])
+    m = np.asarray(batch["mask"])
     expected = [(tokens[i] == np.asarray(batch["tokens"][i]))[m[i]].mean() for i in range(16)]
     np.testing.assert_allclose(np.asarray(acc_B), expected, atol=1e-6)
 
@@ -182,8 +186,8 @@ def test_token_scores_are_the_decoders_and_the_token_loss_reaches_the_dit(tiny_d
 
     def loss(weight, train):
         c = dataclasses.replace(cfg.dit, token_loss_weight=weight)
-        return dit_loss(model, batch, rng, 0, train, cfg=c, block_len=cfg.data.block_len,
-                        decoder_graphdef=graphdef, fixed=fixed)
+        return dit_loss(model, batch, rng, 0, train, counts=batch_counts(batch), cfg=c,
+                        decoder_graphdef=graphdef, frozen=fixed)
 
     (l0, m0), (l1, m1) = loss(0.0, True), loss(0.5, True)
     assert "token_ce" not in m0  # no decoding in training without the token loss
@@ -193,7 +197,7 @@ def test_token_scores_are_the_decoders_and_the_token_loss_reaches_the_dit(tiny_d
     assert float(e0) == float(e1) and 0 <= float(n0["token_accuracy"]) <= 1
     grads = [nnx.grad(lambda m, w=w: dit_loss(
         m, batch, rng, 0, True, cfg=dataclasses.replace(cfg.dit, token_loss_weight=w),
-        block_len=cfg.data.block_len, decoder_graphdef=graphdef, fixed=fixed)[0])(model)
+        counts=batch_counts(batch), decoder_graphdef=graphdef, frozen=fixed)[0])(model)
         for w in (0.0, 0.5)]
     g0, g1 = (jax.tree.leaves(nnx.state(g, nnx.Param)) for g in grads)
     assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(g0, g1))
@@ -215,8 +219,7 @@ def test_dit_stage_writes_curves_samples_and_restores_identical_ema(tiny_dit):
     ckpt = Checkpointer(run_dir / "dit" / "checkpoints", stage="dit")
     restored, _, _ = ckpt.restore(like)
     ckpt.close()
-    for a, b in zip(jax.tree.leaves(result.state.ema), jax.tree.leaves(restored.ema)):
-        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_close(restored.ema, result.state.ema, rtol=0, atol=0)
     assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
                    zip(jax.tree.leaves(restored.ema), jax.tree.leaves(restored.params)))
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ldlm.eval import metrics
+from ldlm.eval import sample_metrics as metrics
 
 
 def test_distinct_n_counts_unique_ngrams():

@@ -1,4 +1,4 @@
-"""The Python sampling API (LatentDiffusionPipeline) and `python -m ldlm.cli.sample`."""
+"""The Python sampling API (LatentDiffusionPipeline) and `ldlm sample`."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ldlm.errors import MissingStageError
-from ldlm.pipeline import LatentDiffusionPipeline, PipelineError
+from ldlm.inference.generation import LatentDiffusionPipeline, PipelineError
 from tests.helpers import link_stages
 
 PROMPT = "Shares in the firm rose on Monday after it reported higher profits."
@@ -125,7 +125,7 @@ def test_edit_strength_outside_zero_one_is_refused(pipe):
 def test_a_model_without_context_refuses_prompts(pipe):
     no_ctx = LatentDiffusionPipeline(pipe.cfg.override(["dit.use_context=false"]),
                                      _untrained_dit(pipe, use_context=False), pipe.vae,
-                                     pipe._mean, pipe._std, pipe.label_names)
+                                     pipe.label_names)
     assert len(no_ctx.generate(n=1, steps=2)) == 1
     for call in (lambda: no_ctx.generate(n=1, prompt=PROMPT),
                  lambda: no_ctx.generate(n=1, num_blocks=2),
@@ -140,7 +140,7 @@ def _untrained_dit(pipe, use_context):
 
     from ldlm.config import MeshConfig
     from ldlm.mesh import PARAM_RULES, make_mesh
-    from ldlm.train.dit import build_dit
+    from ldlm.models.dit import build_dit
 
     cfg = pipe.cfg.override([f"dit.use_context={str(use_context).lower()}"])
     with jax.set_mesh(make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])), \
@@ -150,12 +150,12 @@ def _untrained_dit(pipe, use_context):
 
 def test_sample_cli_prints_samples_and_speed(tiny_dit):
     _, run_dir, _ = tiny_dit
-    r = subprocess.run([sys.executable, "-m", "ldlm.cli.sample", "--run-dir", str(run_dir),
+    r = subprocess.run([sys.executable, "-m", "ldlm", "sample", "--run-dir", str(run_dir),
                         "--steps", "3", "-n", "2", "--sampler", "ddim"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("--- sample") == 2 and "tokens/s" in r.stdout
-    bad = subprocess.run([sys.executable, "-m", "ldlm.cli.sample", "--run-dir", str(run_dir),
+    bad = subprocess.run([sys.executable, "-m", "ldlm", "sample", "--run-dir", str(run_dir),
                           "--steps", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "steps must be" in bad.stderr
     assert "Traceback" not in bad.stderr

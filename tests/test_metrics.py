@@ -1,6 +1,6 @@
 import glob
 
-from ldlm.metrics import MetricsWriter, progress, read_metrics
+from ldlm.logs import MetricsWriter, progress, read_metrics
 
 
 def test_metrics_jsonl_and_tensorboard(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ldlm.notebooks import NOTEBOOKS_DIR, run_notebooks
+from ldlm.stages.notebooks import NOTEBOOKS_DIR, run_notebooks
 
 PLOTS = {"latent_geometry": ["latent_projection.png", "accuracy_vs_noise.png",
                              "latent_dimensions.png"],

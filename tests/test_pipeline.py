@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from ldlm.config import MeshConfig
-from ldlm.data import pipeline
+from ldlm.data import batches as pipeline
 from ldlm.errors import ConfigError
 from ldlm.mesh import make_mesh, mesh_shape
 

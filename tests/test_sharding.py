@@ -8,16 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldlm.checkpoint import Checkpointer
 from ldlm.config import MeshConfig, load_experiment
 from ldlm.mesh import RULE_SETS, batch_sharding, make_mesh
-from ldlm.train.ar import ar_loss, build_ar
-from ldlm.train.dit import build_dit
-from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
+from ldlm.models.ar import build_ar
+from ldlm.train.ar import ar_loss
+from ldlm.models.dit import build_dit
+from ldlm.train.loop import (Task, _accumulated_grads, batch_counts, build_model,
+                             make_train_step, replicate_unsharded)
 from ldlm.train.state import init_state, make_optimizer
-from ldlm.train.vae import build_vae, vae_loss
+from ldlm.models.vae import build_vae
+from ldlm.train.vae import vae_loss
+from tests.helpers import assert_trees_close
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "partition_specs.json"
 VOCAB = 1000
@@ -69,8 +74,8 @@ def _vae_step_result(mesh_cfg, rules="fsdp_tp", overrides=()):
     batch = {"tokens": tokens, "mask": jnp.ones_like(tokens, bool)}
     batch = jax.device_put(batch, batch_sharding(mesh))
 
-    def loss_fn(model, b, rng, step, train):
-        return vae_loss(model, b, rng, step, train, cfg=cfg.vae, total_steps=10)
+    def loss_fn(model, b, rng, step, train, *, counts):
+        return vae_loss(model, b, rng, step, train, counts=counts, cfg=cfg.vae, total_steps=10)
 
     step = make_train_step(graphdef, loss_fn, tx, cfg.vae_train)
     with jax.set_mesh(mesh):
@@ -85,32 +90,81 @@ def test_one_training_step_is_the_same_on_every_mesh(shape, rules):
     ref_loss, ref_params = _vae_step_result(MeshConfig(1, 1, 1))
     loss, params = _vae_step_result(MeshConfig(*shape), rules)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
-    for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    assert_trees_close(params, ref_params, atol=2e-5)
 
 
-def _ar_grads(overrides):
-    cfg = _cfg(overrides)
-    mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+def _ragged_batch(cfg, rows: int = 8, seed: int = 2):
+    """Token rows of very different lengths (1 .. L real tokens) and one padding row."""
+    L = cfg.data.block_len
+    tokens = jax.random.randint(jax.random.PRNGKey(seed), (rows, L), 4, VOCAB)
+    lengths = jnp.array([L, 1, L // 2, 3, L - 1, 0, 7, L // 4])[:rows]
+    return {"tokens": tokens, "mask": jnp.arange(L)[None, :] < lengths[:, None]}
+
+
+def _ar_setup(overrides=(), mesh_shape=(1, 1, 1)):
+    cfg = _cfg(list(overrides))
+    n = int(np.prod(mesh_shape))
+    mesh = make_mesh(MeshConfig(*mesh_shape), devices=jax.devices()[:n])
     task = Task(stage="ar", train_cfg=cfg.ar_train, build_model=build_ar(cfg, VOCAB),
                 loss_fn=None, train_batches=None, eval_batches=None)
     graphdef, params = build_model(task, mesh, 0)
-    tx = make_optimizer(cfg.ar_train)
-    state = init_state(params, tx, 0, ema=False)
-    tokens = jax.random.randint(jax.random.PRNGKey(2), (8, cfg.data.block_len), 4, VOCAB)
-    mask = jnp.arange(cfg.data.block_len)[None, :] < cfg.data.block_len - 2  # same count/row
-    batch = {"tokens": tokens, "mask": jnp.broadcast_to(mask, tokens.shape)}
-    state, metrics = make_train_step(graphdef, ar_loss, tx, cfg.ar_train)(state, batch)
+    state = replicate_unsharded(init_state(params, make_optimizer(cfg.ar_train), 0, ema=False),
+                                mesh)
+    batch = jax.device_put(_ragged_batch(cfg), batch_sharding(mesh))
+    return cfg, mesh, graphdef, state, batch
+
+
+def _full_batch_grads(graphdef, state, batch, mesh):
+    counts = batch_counts(batch)
+
+    @jax.jit
+    def grads(params):
+        return jax.value_and_grad(lambda p: ar_loss(nnx.merge(graphdef, p), batch, None, 0,
+                                                    True, counts=counts)[0])(params)
+
+    with jax.set_mesh(mesh):
+        return jax.device_get(grads(state.params))
+
+
+def test_accumulated_gradients_equal_the_full_batch_with_ragged_rows():
+    """k=4 micro-batches with different amounts of padding each: the same loss and
+    gradients as one pass over the batch (averaging per-micro-batch means would not be)."""
+    _, mesh, graphdef, state, batch = _ar_setup()
+    loss, grads = _full_batch_grads(graphdef, state, batch, mesh)
+
+    @jax.jit
+    def accumulated(state, batch):
+        return _accumulated_grads(ar_loss, graphdef, state, batch, jax.random.PRNGKey(0), 4,
+                                  batch_counts(batch))
+
+    acc_loss, _, acc_grads = jax.device_get(accumulated(state, batch))
+    assert float(acc_loss) == pytest.approx(float(loss), rel=1e-6)
+    assert_trees_close(acc_grads, grads, rtol=1e-5, atol=1e-7)
+
+
+def test_gradients_on_eight_devices_equal_one_device_with_ragged_rows():
+    _, mesh1, graphdef, state1, batch1 = _ar_setup()
+    _, mesh8, graphdef8, state8, batch8 = _ar_setup(mesh_shape=(4, 2, 1))
+    loss1, grads1 = _full_batch_grads(graphdef, state1, batch1, mesh1)
+    loss8, grads8 = _full_batch_grads(graphdef8, state8, batch8, mesh8)
+    assert float(loss8) == pytest.approx(float(loss1), rel=1e-6)
+    assert_trees_close(grads8, grads1, rtol=1e-5, atol=1e-7)
+
+
+def _ar_step(overrides):
+    cfg, mesh, graphdef, state, batch = _ar_setup(overrides)
+    step = make_train_step(graphdef, ar_loss, make_optimizer(cfg.ar_train), cfg.ar_train)
+    with jax.set_mesh(mesh):
+        state, metrics = step(state, batch)
     return float(metrics["loss"]), jax.device_get(state.params)
 
 
 @pytest.mark.parametrize("overrides", [["ar_train.grad_accum=4"], ["ar_train.remat=true"]])
 def test_accumulation_and_remat_change_memory_not_results(overrides):
-    ref_loss, ref_params = _ar_grads([])
-    loss, params = _ar_grads(overrides)
+    ref_loss, ref_params = _ar_step([])
+    loss, params = _ar_step(overrides)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
-    for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    assert_trees_close(params, ref_params, atol=2e-5)
 
 
 def test_a_checkpoint_restores_onto_another_mesh(tmp_path):
@@ -130,9 +184,8 @@ def test_a_checkpoint_restores_onto_another_mesh(tmp_path):
     restored, _, meta = ckpt.restore(states["restored"])
     ckpt.close()
     assert meta["step"] == 3
-    for a, b, target in zip(jax.tree.leaves(states["saved"]), jax.tree.leaves(restored),
-                            jax.tree.leaves(states["restored"])):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_close(restored, states["saved"], rtol=0, atol=0)
+    for b, target in zip(jax.tree.leaves(restored), jax.tree.leaves(states["restored"])):
         assert b.sharding == target.sharding  # laid out as on the new mesh
     assert any(isinstance(x.sharding, NamedSharding) and x.sharding.spec != P()
                for x in jax.tree.leaves(restored))

@@ -14,16 +14,17 @@ import pytest
 from flax import nnx
 
 from ldlm.config import MeshConfig
-from ldlm.data import pipeline
+from ldlm.data import batches as pipeline
 from ldlm.data.tokenizer import PAD_ID, Tokenizer
 from ldlm.errors import LdlmError, MissingStageError
-from ldlm.eval.reconstruction import Codec
+from ldlm.inference.textvae import Codec
 from ldlm.mesh import PARAM_RULES, make_mesh
 from ldlm.models.vae import TextVAEModel
-from ldlm.textvae import TextTooLong, TextVAE
+from ldlm.inference.textvae import TextTooLong, TextVAE
 from ldlm.train import loop
+from ldlm.train.loop import batch_counts
 from ldlm.train.vae import train_vae, vae_loss
-from tests.helpers import fit, link_stages as _link_data
+from tests.helpers import assert_trees_close, fit, link_stages as _link_data
 
 
 def _model(cfg, vocab, seed=0):
@@ -44,15 +45,14 @@ def test_tiny_vae_overfits_a_handful_of_blocks(tiny_run, tiny_cfg):
     cfg = tiny_cfg.override(["vae.latent_noise_max=0.2"])
     model = _model(cfg, stats["vocab_size"])
     batch = _first_batch(cfg, run_dir, 8)
-    t0 = time.time()
-    trained = fit(model, lambda m, rng, i: vae_loss(m, batch, rng, i, True, cfg=cfg.vae,
+    trained = fit(model, lambda m, rng, i: vae_loss(m, batch, rng, i, True,
+                                                    counts=batch_counts(batch), cfg=cfg.vae,
                                                     total_steps=300), 400, 3e-3)
     codec = Codec(trained)
     pred, real = map(np.asarray, codec.decode(codec.encode(batch["tokens"])))
     mask = np.asarray(batch["mask"])
     assert (pred[mask] == np.asarray(batch["tokens"])[mask]).all()  # 100% of real tokens
     assert (real == mask).all()  # and every block's end
-    assert time.time() - t0 < 60
 
 
 def test_padding_never_enters_the_loss(tiny_run, tiny_cfg):
@@ -63,7 +63,8 @@ def test_padding_never_enters_the_loss(tiny_run, tiny_cfg):
     mask[:, 20:] = False  # make sure there is padding
     batch = {**batch, "mask": jnp.asarray(mask)}
     rng = jax.random.PRNGKey(0)
-    loss = lambda b, train: vae_loss(model, b, rng, 5, train, cfg=tiny_cfg.vae, total_steps=60)
+    loss = lambda b, train: vae_loss(model, b, rng, 5, train, counts=batch_counts(b),
+                                     cfg=tiny_cfg.vae, total_steps=60)
     # garbage token ids in padding positions change nothing
     garbage = np.where(mask, np.asarray(batch["tokens"]),
                        np.random.default_rng(0).integers(4, 900, mask.shape))
@@ -72,13 +73,14 @@ def test_padding_never_enters_the_loss(tiny_run, tiny_cfg):
         (l1, m1), (l2, m2) = loss(batch, train), loss(noisy, train)
         assert float(l1) == float(l2)
         assert all(float(m1[k]) == float(m2[k]) for k in m1)
-        assert float(m1["tokens"]) == mask.sum()
+        assert float(batch_counts(batch)["tokens"]) == mask.sum()
     # an all-padding row (the end of an evaluation pass) changes no token metric
     extra = {k: jnp.concatenate([v, v[:1]]) for k, v in batch.items()}
     extra["mask"] = extra["mask"].at[-1].set(False)
     extra["tokens"] = extra["tokens"].at[-1].set(PAD_ID)
     (_, m1), (_, m2) = loss(batch, False), loss(extra, False)
-    for k in ("recon", "accuracy", "length_bce", "kl", "tokens"):
+    assert float(batch_counts(extra)["tokens"]) == float(batch_counts(batch)["tokens"])
+    for k in ("recon", "accuracy", "length_bce", "kl"):
         np.testing.assert_allclose(float(m1[k]), float(m2[k]), rtol=1e-6)
 
 
@@ -169,7 +171,7 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_run, tiny_cfg, tmp_path)
     straight = train_vae(cfg, _link_data(src, tmp_path / "straight"))
     # killed with SIGKILL once a checkpoint exists, then resumed
     killed = _link_data(src, tmp_path / "killed")
-    cmd = [sys.executable, "-m", "ldlm.cli.vae", "--preset", "tiny", "--run-dir", str(killed)]
+    cmd = [sys.executable, "-m", "ldlm", "vae", "--preset", "tiny", "--run-dir", str(killed)]
     for s in sets:
         cmd += ["--set", s]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -186,11 +188,8 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_run, tiny_cfg, tmp_path)
     resumed = train_vae(cfg, killed)
     assert resumed.resumed_from is not None and 0 < resumed.resumed_from < 120
     assert int(resumed.state.step) == int(straight.state.step) == 120
-    for a, b in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(resumed.state.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for a, b in zip(jax.tree.leaves(straight.state.opt_state),
-                    jax.tree.leaves(resumed.state.opt_state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=0)
+    assert_trees_close(resumed.state.opt_state, straight.state.opt_state, rtol=0, atol=0)
     rows = [json.loads(l) for l in (killed / "vae" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 120
 
@@ -201,12 +200,13 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny_run, tiny_cfg):
     losses = {}
     for dtype in ("float32", "bfloat16"):
         cfg = tiny_cfg.override([f"vae_train.compute_dtype={dtype}"])
-        from ldlm.train.vae import build_vae
+        from ldlm.models.vae import build_vae
         mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
         with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
             model = build_vae(cfg, stats["vocab_size"])(nnx.Rngs(params=0))
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model)))
-        loss, m = vae_loss(model, batch, jax.random.PRNGKey(0), 0, False, cfg=cfg.vae,
+        loss, m = vae_loss(model, batch, jax.random.PRNGKey(0), 0, False,
+                           counts=batch_counts(batch), cfg=cfg.vae,
                            total_steps=10)
         assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
         losses[dtype] = float(loss)

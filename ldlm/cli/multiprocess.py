@@ -1,4 +1,4 @@
-"""`python -m ldlm.cli.multiprocess -n 2 -- ldlm.cli.vae --preset tiny ...`: run a stage as
+"""`python -m ldlm.cli.multiprocess -n 2 -- vae --preset tiny ...`: run an `ldlm` command as
 several local processes joined by jax.distributed (coordinator on 127.0.0.1, a free port).
 
 Each process gets LDLM_COORDINATOR / LDLM_NUM_PROCESSES / LDLM_PROCESS_ID and, on CPU,
@@ -24,10 +24,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(module_args: list[str], processes: int, devices_per_process: int,
+def launch(command: list[str], processes: int, devices_per_process: int,
            log_dir: pathlib.Path, extra_env: dict | None = None,
            timeout: float | None = None) -> int:
-    """Runs `python -m <module_args>` as `processes` processes; returns the exit status."""
+    """Runs `ldlm <command>` as `processes` processes; returns the exit status."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     procs = []
@@ -39,7 +39,7 @@ def launch(module_args: list[str], processes: int, devices_per_process: int,
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
                                 f"device_count={devices_per_process}").strip()
         out = None if i == 0 else open(log_dir / f"process_{i}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", *module_args], env=env,
+        procs.append(subprocess.Popen([sys.executable, "-m", "ldlm", *command], env=env,
                                       stdout=out, stderr=subprocess.STDOUT if out else None))
     deadline = None if timeout is None else time.monotonic() + timeout
     status = 0
@@ -63,14 +63,13 @@ def main(argv=None) -> None:
     p.add_argument("-n", "--processes", type=int, default=2)
     p.add_argument("--devices-per-process", type=int, default=2)
     p.add_argument("--log-dir", default="runs/multiprocess_logs")
-    p.add_argument("module_args", nargs=argparse.REMAINDER,
-                   help="-- then the module and its arguments, e.g. ldlm.cli.vae --preset tiny")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="-- then the ldlm command and its arguments, e.g. vae --preset tiny")
     args = p.parse_args(argv)
-    module_args = [a for a in args.module_args if a != "--"] if args.module_args[:1] == ["--"] \
-        else args.module_args
-    if not module_args:
-        p.error("name the module to run after --, e.g. -- ldlm.cli.vae --preset tiny")
-    sys.exit(launch(module_args, args.processes, args.devices_per_process,
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        p.error("name the ldlm command to run after --, e.g. -- vae --preset tiny")
+    sys.exit(launch(command, args.processes, args.devices_per_process,
                     pathlib.Path(args.log_dir)))
 
 

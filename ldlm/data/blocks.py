@@ -8,7 +8,7 @@ sentence carries EOS. The rest of the last block is padding, marked by `num_toke
 Each record keeps the document's index in its split and the block's index in the document,
 so later stages can pair a block with its neighbours (continuation, infilling).
 
-Record layout, int32 little-endian: [doc_index, block_index, label, num_tokens, tokens x L].
+Records: `ldlm.data.records` (the same layout as the latent cache's, without latents).
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import pathlib
 import re
 from typing import Iterator, Sequence
 
-import numpy as np
-
-from ldlm.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from ldlm.data.records import RecordFormat
+from ldlm.data.tokenizer import EOS_ID, Tokenizer
 from ldlm.errors import MissingStageError
 
-HEADER = 4  # doc_index, block_index, label, num_tokens
 META_FILE = "meta.json"
 
 # A sentence ends after . ! ? (and any closing quotes/brackets) plus the white space that
@@ -79,55 +77,19 @@ def document_blocks(text: str, tokenizer: Tokenizer, block_len: int,
     return pack_blocks(units, block_len, min_fill)
 
 
-def encode_record(doc_index: int, block_index: int, label: int, tokens: Sequence[int],
-                  block_len: int) -> bytes:
-    row = np.full(HEADER + block_len, PAD_ID, np.int32)
-    row[:HEADER] = (doc_index, block_index, label, len(tokens))
-    row[HEADER:HEADER + len(tokens)] = tokens
-    return row.astype("<i4").tobytes()
-
-
-def decode_record(raw: bytes) -> dict[str, np.ndarray]:
-    """One block as arrays: tokens_L, mask_L (True on real tokens, EOS included), and the
-    scalars doc_index, block_index, label."""
-    row = np.frombuffer(raw, dtype="<i4")
-    tokens = row[HEADER:].astype(np.int32)
-    return {
-        "tokens": tokens,
-        "mask": np.arange(tokens.shape[0]) < row[3],
-        "doc_index": row[0].astype(np.int32),
-        "block_index": row[1].astype(np.int32),
-        "label": row[2].astype(np.int32),
-    }
-
-
 def iter_split_records(texts: Sequence[str], labels: Sequence[int], tokenizer: Tokenizer,
                        block_len: int, min_fill: float) -> Iterator[tuple[bytes, int]]:
     """(record, number of real tokens) for every block of every document, in order."""
+    fmt = RecordFormat(block_len)
     for doc_index, (text, label) in enumerate(zip(texts, labels)):
         for block_index, tokens in enumerate(
                 document_blocks(text, tokenizer, block_len, min_fill)):
-            yield encode_record(doc_index, block_index, int(label), tokens, block_len), len(tokens)
+            yield fmt.encode(doc_index=doc_index, block_index=block_index, label=int(label),
+                             tokens=tokens), len(tokens)
 
 
 def split_path(blocks_dir, role: str) -> pathlib.Path:
     return pathlib.Path(blocks_dir) / f"{role}.array_record"
-
-
-def write_records(path, records: Iterator[bytes]) -> int:
-    """Writes records to an array_record file atomically (temp file, then rename)."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
-    n = 0
-    for r in records:
-        writer.write(r)
-        n += 1
-    writer.close()
-    tmp.replace(path)
-    return n
 
 
 def read_meta(blocks_dir) -> dict:

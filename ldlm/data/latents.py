@@ -1,37 +1,35 @@
-"""Stage 1.5 (`make latents`): encode the corpus once with the frozen VAE.
+"""The latent cache (`make latents`) read back: normalised block latents with their document
+neighbours, and the per-coordinate latent statistics that normalise them.
 
-Writes `runs/<run>/latents/<split>.array_record` (one record per block, in block order:
-int32 [doc_index, block_index, label, num_tokens], int32 tokens_L, then float32 posterior
-mean z_NxD; the tokens let the DiT score its estimates through the frozen decoder),
-`stats.npz` (per-coordinate mean and std of the training latents) and `meta.json`.
+The cache is `runs/<run>/latents/<split>.array_record`, one `ldlm.data.records` record per
+block in block order (header, tokens_L, posterior mean z_NxD), and `meta.json`. The
+statistics are the VAE's (`vae/latent_stats.npz`, written by `make vae`): the DiT sees
+(z - mean) / std, and its samples are mapped back with the same `LatentNormaliser`.
 
-`LatentSource` reads them back for grain: each item is the block's latents normalised per
-coordinate, plus its document neighbours (the previous and next block of the same document,
-zeros and a False flag where there is none), so one model can learn unconditional
-generation, continuation and infilling, and the block's tokens with their padding mask.
+`LatentSource` serves grain: each item is a block's normalised latents, its document
+neighbours (the previous and next block of the same document, zeros and a False flag where
+there is none: one model learns unconditional generation, continuation and infilling), and
+the block's tokens with their mask.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
+import os
 import pathlib
-import time
 
-import grain
 import numpy as np
 
 from ldlm import rundir
 from ldlm.config import Config
-from ldlm.data import blocks as blocks_lib
-from ldlm.data import pipeline
+from ldlm.data import batches
+from ldlm.data.records import RecordFormat, RecordSource
 from ldlm.errors import ConfigError, MissingStageError
 
-log = logging.getLogger("ldlm.latents")
 STAGE = "latents"
-HEADER = 4
-STATS_FILE = "stats.npz"
 META_FILE = "meta.json"
+STATS_FILE = "latent_stats.npz"  # in the vae stage directory
 ROLES = ("train", "validation")
 
 
@@ -39,67 +37,45 @@ def latents_dir(run_dir) -> pathlib.Path:
     return rundir.stage_dir(run_dir, STAGE)
 
 
-def encode_record(header, tokens_L, z_NxD) -> bytes:
-    return (np.asarray(header, "<i4").tobytes() + np.asarray(tokens_L, "<i4").tobytes()
-            + np.asarray(z_NxD, "<f4").tobytes())
+def split_path(run_dir, role: str) -> pathlib.Path:
+    return latents_dir(run_dir) / f"{role}.array_record"
 
 
-def decode_record(raw: bytes, block_len: int, num_latents: int, latent_dim: int):
-    """(header_4, tokens_L, z_NxD) of one record."""
-    ints = np.frombuffer(raw[:4 * (HEADER + block_len)], "<i4")
-    z = np.frombuffer(raw[4 * (HEADER + block_len):], "<f4").reshape(num_latents, latent_dim)
-    return ints[:HEADER], ints[HEADER:], z
+@dataclasses.dataclass(frozen=True)
+class LatentNormaliser:
+    """Per-coordinate mean and std (D each) of the VAE's posterior means over the training
+    blocks: what the diffusion stage normalises by, and what latent noise is measured in."""
 
+    mean_D: np.ndarray
+    std_D: np.ndarray
 
-def run_latents(cfg: Config, run_dir, batch_size: int = 256) -> dict:
-    """Encodes the train and validation blocks with the trained VAE (posterior means)."""
-    from ldlm.textvae import TextVAE
+    def normalise(self, z_xD):
+        return ((z_xD - self.mean_D) / self.std_D).astype(np.float32)
 
-    t0 = time.time()
-    vae = TextVAE.from_run(run_dir)  # MissingStageError -> make vae
-    if vae.block_len != cfg.data.block_len:
-        raise ConfigError(f"the VAE of {run_dir} was trained on blocks of {vae.block_len} "
-                          f"tokens but data.block_len={cfg.data.block_len}")
-    out = rundir.start_stage(cfg, run_dir, STAGE)
-    N, D = vae.num_latents, vae.latent_dim
-    counts = {}
-    for role in ROLES:
-        src = pipeline.block_source(run_dir, role)
-        ds = pipeline.make_dataset(src, batch_size=batch_size, train=False, process_index=0,
-                                   process_count=1)
+    def denormalise(self, z_xD):
+        """Normalised latents (what the DiT sees) -> the VAE's latents (numpy or jax)."""
+        return z_xD * self.std_D + self.mean_D
 
-        def records():
-            for batch in ds:
-                rows = batch["doc_index"] >= 0
-                z = vae.encode_tokens(batch["tokens"])
-                for r in np.flatnonzero(rows):
-                    header = (batch["doc_index"][r], batch["block_index"][r], batch["label"][r],
-                              batch["mask"][r].sum())
-                    yield encode_record(header, batch["tokens"][r], z[r])
+    @classmethod
+    def from_moments(cls, total_D, total_sq_D, count: float) -> "LatentNormaliser":
+        mean = total_D / count
+        std = np.sqrt(np.maximum(total_sq_D / count - mean ** 2, 1e-12))
+        return cls(mean.astype(np.float32), std.astype(np.float32))
 
-        if rundir.is_main_process():
-            counts[role] = blocks_lib.write_records(out / f"{role}.array_record", records())
-        log.info("%s: %d blocks encoded to %dx%d latents", role, counts.get(role, 0), N, D)
-    mean, std = _moments(out / "train.array_record", cfg.data.block_len, N, D)
-    if rundir.is_main_process():
-        tmp = out / ".stats.tmp.npz"
+    def save(self, path) -> None:
+        path = pathlib.Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as f:
-            np.savez(f, mean=mean, std=std)
-        tmp.replace(out / STATS_FILE)
-        meta = {"num_latents": N, "latent_dim": D, "block_len": cfg.data.block_len,
-                "blocks": counts,
-                "label_names": blocks_lib.read_meta(pipeline.blocks_dir(run_dir))["label_names"],
-                "latent_std_mean": float(std.mean()), "seconds": round(time.time() - t0, 1)}
-        rundir.write_json_atomic(out / META_FILE, meta)
-    log.info("latent std per coordinate: mean %.3f, min %.3f, max %.3f (%.0fs)", std.mean(),
-             std.min(), std.max(), time.time() - t0)
-    return {"blocks": counts, "seconds": round(time.time() - t0, 1)}
+            np.savez(f, mean=self.mean_D, std=self.std_D)
+        tmp.replace(path)
 
-
-def _moments(path, L, N, D):
-    src = grain.sources.ArrayRecordDataSource(str(path))
-    z = np.stack([decode_record(src[i], L, N, D)[2] for i in range(len(src))]).reshape(-1, D)
-    return z.mean(0).astype(np.float32), z.std(0).astype(np.float32)
+    @classmethod
+    def load(cls, run_dir) -> "LatentNormaliser":
+        path = rundir.stage_dir(run_dir, "vae") / STATS_FILE
+        if not path.is_file():
+            raise MissingStageError("latent statistics", path, "vae")
+        with np.load(path) as f:
+            return cls(f["mean"].astype(np.float32), f["std"].astype(np.float32))
 
 
 def read_meta(run_dir) -> dict:
@@ -113,65 +89,59 @@ def read_meta(run_dir) -> dict:
     return meta
 
 
-def read_stats(run_dir) -> tuple[np.ndarray, np.ndarray]:
-    path = latents_dir(run_dir) / STATS_FILE
-    if not path.is_file():
-        raise MissingStageError("latent statistics", path, "latents")
-    with np.load(path) as f:
-        return f["mean"], f["std"]
+def record_format(meta: dict) -> RecordFormat:
+    return RecordFormat(meta["block_len"], (meta["num_latents"], meta["latent_dim"]))
 
 
 class LatentSource:
     """Random access to normalised block latents with their document neighbours.
 
-    Item i: z (NxD, (z - mean) / std), prev / next (NxD, zeros where absent), has_prev /
-    has_next (bool), label, doc_index, block_index (int32), tokens (L int32) and token_mask
-    (L bool, True on real tokens). Records are in block order, so a
-    block's neighbours are records i - 1 and i + 1 when they belong to the same document.
+    Item i: z (NxD, normalised), prev / next (NxD, zeros where absent), has_prev / has_next
+    (bool), label, doc_index, block_index (int32), tokens (L int32) and mask (L bool, True on
+    real tokens). Records are in block order, so a block's neighbours are records i - 1 and
+    i + 1 when they belong to the same document.
     """
 
     def __init__(self, run_dir, role: str):
         meta = read_meta(run_dir)
-        path = latents_dir(run_dir) / f"{role}.array_record"
+        path = split_path(run_dir, role)
         if not path.is_file():
             raise MissingStageError(f"{role} latents", path, "latents")
-        self._src = grain.sources.ArrayRecordDataSource(str(path))
-        self.L, self.N, self.D = meta["block_len"], meta["num_latents"], meta["latent_dim"]
-        mean, std = read_stats(run_dir)
-        self._mean, self._std = mean[None, :], std[None, :]
+        self._src = RecordSource(path, record_format(meta))
+        self.N, self.D = meta["num_latents"], meta["latent_dim"]
+        self._normaliser = LatentNormaliser.load(run_dir)
 
     def __len__(self) -> int:
         return len(self._src)
 
     def _read(self, i):
-        header, tokens, z = decode_record(self._src[i], self.L, self.N, self.D)
-        return header, tokens, ((z - self._mean) / self._std).astype(np.float32)
+        rec = self._src[i]
+        rec["z"] = self._normaliser.normalise(rec["z"])
+        return rec
 
-    def _neighbour(self, i, header, offset):
+    def _neighbour(self, i, rec, offset):
         j = i + offset
         if 0 <= j < len(self._src):
-            h, _, z = self._read(j)
-            if h[0] == header[0] and h[1] == header[1] + offset:
-                return z, True
+            other = self._read(j)
+            if other["doc_index"] == rec["doc_index"] and \
+                    other["block_index"] == rec["block_index"] + offset:
+                return other["z"], True
         return np.zeros((self.N, self.D), np.float32), False
 
     def __getitem__(self, i):
         i = int(i)
-        header, tokens, z = self._read(i)
-        prev, has_prev = self._neighbour(i, header, -1)
-        nxt, has_next = self._neighbour(i, header, +1)
-        return {"z": z, "prev": prev, "has_prev": np.bool_(has_prev), "next": nxt,
-                "has_next": np.bool_(has_next), "label": np.int32(header[2]),
-                "doc_index": np.int32(header[0]), "block_index": np.int32(header[1]),
-                "tokens": tokens.astype(np.int32),
-                "token_mask": np.arange(self.L) < header[3]}
+        rec = self._read(i)
+        rec["prev"], has_prev = self._neighbour(i, rec, -1)
+        rec["next"], has_next = self._neighbour(i, rec, +1)
+        rec["has_prev"], rec["has_next"] = np.bool_(has_prev), np.bool_(has_next)
+        return rec
 
 
 def latent_batches(cfg: Config, run_dir, mesh, role: str = "train", train: bool = True,
                    batch_size: int | None = None):
     """Global, mesh-sharded batches of `LatentSource` items (resumable when train)."""
     batch_size = batch_size or cfg.data.batch_size
-    pipeline.local_batch_size(batch_size, mesh)
-    ds = pipeline.make_dataset(LatentSource(run_dir, role), batch_size=batch_size, train=train,
-                               seed=cfg.data.shuffle_seed, decode=lambda item: item)
-    return pipeline.GlobalBatches(ds, mesh)
+    batches.local_batch_size(batch_size, mesh)
+    ds = batches.make_dataset(LatentSource(run_dir, role), batch_size=batch_size, train=train,
+                              seed=cfg.data.shuffle_seed)
+    return batches.GlobalBatches(ds, mesh)

@@ -22,6 +22,7 @@ from ldlm.data import corpus
 from ldlm.errors import DataError
 
 log = logging.getLogger(__name__)
+SOURCES = ("tfds", "text_folder", "jsonl")  # data.source
 
 
 @dataclasses.dataclass(frozen=True)

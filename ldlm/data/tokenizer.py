@@ -22,6 +22,13 @@ from ldlm.errors import DataError, MissingStageError
 
 PAD_ID, UNK_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
 MODEL_FILE = "spm.model"
+MODEL_TYPES = ("unigram", "bpe")  # sentencepiece model types
+
+
+def through_eos(ids: Iterable[int]) -> list[int]:
+    """Token ids up to and including the first EOS (all of them when there is none)."""
+    ids = [int(i) for i in ids]
+    return ids[:ids.index(EOS_ID) + 1] if EOS_ID in ids else ids
 
 
 class Tokenizer:
@@ -31,8 +38,6 @@ class Tokenizer:
         self.sp = processor
         assert (self.sp.pad_id(), self.sp.eos_id()) == (PAD_ID, EOS_ID)
         assert self.sp.piece_to_id("<mask>") == MASK_ID
-
-    pad_id, eos_id, mask_id, unk_id = PAD_ID, EOS_ID, MASK_ID, UNK_ID
 
     @property
     def vocab_size(self) -> int:

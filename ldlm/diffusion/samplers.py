@@ -59,11 +59,6 @@ def time_at(i, steps, grid: str = "uniform", t_start=1.0):
     raise ValueError(f"unknown time grid {grid!r}; choose one of {', '.join(GRIDS)}")
 
 
-def time_grid(steps: int, grid: str = "uniform", t_start: float = 1.0):
-    """All steps + 1 grid times, from t_start down to 0."""
-    return time_at(jnp.arange(steps + 1), steps, grid, t_start)
-
-
 def _update(sampler: str, z, x0, eps, x0_prev, h_prev, first, last, ls_t, ls_s, key, eta,
             temperature):
     """z at the next time s from the estimates at the current time t; also returns h."""

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 
 SCHEDULES = ("cosine", "linear")
 PREDICTIONS = ("eps", "x0", "v")
+WEIGHTINGS = ("none", "min_snr")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 LOGSNR_MIN, LOGSNR_MAX = -20.0, 20.0
 
 

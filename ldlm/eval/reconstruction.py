@@ -13,62 +13,29 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from ldlm import rundir
-from ldlm.mesh import to_host
 from ldlm.config import Config
-from ldlm.data import pipeline
+from ldlm.data import batches as batches_lib
+from ldlm.data.batches import real_rows
+from ldlm.data.latents import LatentNormaliser
+from ldlm.inference.textvae import Codec
+from ldlm.mesh import to_host
 
 log = logging.getLogger("ldlm.vae")
 SIGMAS = (0.0, 0.1, 0.2, 0.5)
-LATENT_STATS_FILE = "latent_stats.npz"
+# blocks per batch of the statistics pass over the training split (inference only)
+STATS_BATCH = 256
 
 
-class Codec:
-    """Jitted encode (tokens -> posterior mean) and decode (latents -> tokens, real mask)."""
-
-    def __init__(self, model):
-        graphdef, self.params = nnx.split(model)
-        self._posterior = jax.jit(lambda p, t: nnx.merge(graphdef, p).encode(t))
-
-        def decode(p, z):
-            logits, real = nnx.merge(graphdef, p).decode(z)
-            return jnp.argmax(logits, -1).astype(jnp.int32), real > 0
-
-        self._decode = jax.jit(decode)
-
-    def encode(self, tokens_BxL):
-        return self._posterior(self.params, tokens_BxL)[0]
-
-    def posterior(self, tokens_BxL):
-        """Posterior mean and log-variance, each BxNxD."""
-        return self._posterior(self.params, tokens_BxL)
-
-    def decode(self, z_BxNxD):
-        return self._decode(self.params, z_BxNxD)
-
-
-def latent_stats(codec: Codec, batches, max_batches: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-coordinate mean and std (over blocks and latent positions) of posterior means."""
+def fit_normaliser(codec: Codec, batches) -> LatentNormaliser:
+    """Per-coordinate mean and std (over blocks and latent positions) of the posterior means
+    of every real row of `batches`."""
     total, total_sq, count = 0.0, 0.0, 0.0
-    for _, batch in zip(range(max_batches), batches):
+    for batch in batches:
         mean = to_host(codec.encode(batch["tokens"])).astype(np.float64)
-        rows = to_host(batch["mask"]).any(-1)
-        m = mean[rows].reshape(-1, mean.shape[-1])
+        m = mean[to_host(real_rows(batch))].reshape(-1, mean.shape[-1])
         total, total_sq, count = total + m.sum(0), total_sq + (m ** 2).sum(0), count + m.shape[0]
-    mu = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mu ** 2, 1e-12))
-    return mu.astype(np.float32), std.astype(np.float32)
-
-
-def save_latent_stats(run_dir, mean_D, std_D) -> None:
-    path = rundir.stage_dir(run_dir, "vae") / LATENT_STATS_FILE
-    if rundir.is_main_process():
-        tmp = path.with_name(".tmp_" + path.name)
-        with open(tmp, "wb") as f:
-            np.savez(f, mean=mean_D, std=std_D)
-        tmp.replace(path)
+    return LatentNormaliser.from_moments(total, total_sq, count)
 
 
 def reconstruction_table(codec: Codec, batches, std_D, sigmas=SIGMAS, seed: int = 0,
@@ -82,7 +49,7 @@ def reconstruction_table(codec: Codec, batches, std_D, sigmas=SIGMAS, seed: int 
     std = jnp.asarray(std_D)[None, None, :]
     for i, batch in enumerate(batches):
         tokens, mask = to_host(batch["tokens"]), to_host(batch["mask"])
-        rows = mask.any(-1)
+        rows = to_host(real_rows(batch))
         mean = codec.encode(batch["tokens"])
         eps = jax.random.normal(jax.random.fold_in(key, i), mean.shape)
         preds = {}
@@ -106,17 +73,19 @@ def _text(tokenizer, tokens, real):
     return tokenizer.decode(np.asarray(tokens)[np.asarray(real, bool)])
 
 
-def evaluate_vae(cfg: Config, run_dir, model, mesh, tokenizer, stats_batches: int = 64,
-                 num_examples: int = 3) -> dict:
-    """Latent statistics (saved for the diffusion stage), the reconstruction table on the
-    whole validation split, example reconstructions and interpolation midpoints."""
+def evaluate_vae(cfg: Config, run_dir, model, mesh, tokenizer,
+                 num_examples: int = 3) -> tuple[dict, LatentNormaliser]:
+    """The latent statistics of the whole training split (what the diffusion stage
+    normalises by), and a report: the reconstruction table on the whole validation split
+    with noise relative to those statistics, example reconstructions, interpolations."""
     codec = Codec(model)
-    train_pass = pipeline.eval_batches(cfg, run_dir, mesh, role="train")
-    mean_D, std_D = latent_stats(codec, train_pass, stats_batches)
-    save_latent_stats(run_dir, mean_D, std_D)
+    batch = STATS_BATCH - STATS_BATCH % cfg.data.batch_size or cfg.data.batch_size
+    normaliser = fit_normaliser(codec, batches_lib.eval_batches(
+        cfg, run_dir, mesh, role="train", batch_size=batch))
+    std_D = normaliser.std_D
     table, examples = reconstruction_table(
-        codec, pipeline.eval_batches(cfg, run_dir, mesh), std_D, keep_examples=num_examples + 1,
-        seed=cfg.seed)
+        codec, batches_lib.eval_batches(cfg, run_dir, mesh), std_D,
+        keep_examples=num_examples + 1, seed=cfg.seed)
     shown = []
     for tokens, mask, preds in examples[:num_examples]:
         shown.append({"original": _text(tokenizer, tokens, mask),
@@ -130,7 +99,7 @@ def evaluate_vae(cfg: Config, run_dir, model, mesh, tokenizer, stats_batches: in
         "examples": shown,
         "interpolation": interpolation_examples(codec, tokenizer, examples, num_examples),
     }
-    return report
+    return report, normaliser
 
 
 def interpolation_examples(codec: Codec, tokenizer, examples, first: int) -> list:

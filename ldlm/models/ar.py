@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ldlm.config import ARConfig
+from ldlm.config import ARConfig, Config
+from ldlm.data.tokenizer import EOS_ID
 from ldlm.models import layers
 
 
@@ -56,6 +57,21 @@ class CausalLM(nnx.Module):
             h, c = block.decode_step(h, c, pos)
             new_cache.append(c)
         return self.embed.attend(self.norm(h))[:, 0], new_cache
+
+
+def build_ar(cfg: Config, vocab_size: int, stage: str = "ar"):
+    """rngs -> CausalLM of config section `stage` ("ar": the baseline, "reference": the
+    scorer), with the compute dtype and remat of `<stage>_train`."""
+    model_cfg, train_cfg = getattr(cfg, stage), getattr(cfg, f"{stage}_train")
+    dtype = layers.compute_dtype(train_cfg.compute_dtype)
+    return lambda rngs: CausalLM(model_cfg, vocab_size, rngs=rngs, dtype=dtype,
+                                 remat=train_cfg.remat)
+
+
+def shift_right(tokens_BxL):
+    """Model inputs: EOS (the start token) followed by all but the last token."""
+    start = jnp.full_like(tokens_BxL[:, :1], EOS_ID)
+    return jnp.concatenate([start, tokens_BxL[:, :-1]], axis=1)
 
 
 def sample_tokens(model: CausalLM, start_B, length: int, rng, *, temperature: float = 1.0,

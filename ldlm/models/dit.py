@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
-from ldlm.config import DiTConfig
+from ldlm.config import Config, DiTConfig
 from ldlm.models import layers
 
 
@@ -150,3 +150,10 @@ class DiT(nnx.Module):
         T = N + 2 * M
         # every query attends to the present tokens only (an absent neighbour is invisible)
         return x, jnp.broadcast_to(present_BxT[:, None, :], (B, T, T))
+
+
+def build_dit(cfg: Config, num_latents: int, latent_dim: int, num_classes: int):
+    """rngs -> DiT of a run's config (compute dtype and remat from `dit_train`)."""
+    dtype = layers.compute_dtype(cfg.dit_train.compute_dtype)
+    return lambda rngs: DiT(cfg.dit, num_latents, latent_dim, num_classes, rngs=rngs,
+                            dtype=dtype, remat=cfg.dit_train.remat)

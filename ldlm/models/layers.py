@@ -20,6 +20,12 @@ from flax import nnx
 from ldlm.mesh import constrain_batch
 
 Dtype = jnp.dtype
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    """The jnp dtype of a `<stage>_train.compute_dtype` name (float32 | bfloat16)."""
+    return COMPUTE_DTYPES[name]
 
 
 def lead(v, ndim: int):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
-from ldlm.config import VAEConfig
+from ldlm.config import Config, VAEConfig
 from ldlm.models import layers
 
 
@@ -76,5 +76,8 @@ class TextVAEModel(nnx.Module):
         return self.embed.attend(h), real
 
 
-def count_params(model: nnx.Module) -> int:
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+def build_vae(cfg: Config, vocab_size: int):
+    """rngs -> TextVAEModel of a run's config (compute dtype and remat from `vae_train`)."""
+    dtype = layers.compute_dtype(cfg.vae_train.compute_dtype)
+    return lambda rngs: TextVAEModel(cfg.vae, vocab_size, cfg.data.block_len, rngs=rngs,
+                                     dtype=dtype, remat=cfg.vae_train.remat)

@@ -28,8 +28,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ldlm import rundir
 from ldlm.checkpoint import Checkpointer
 from ldlm.config import Config, TrainConfig
+from ldlm.data.batches import real_rows
 from ldlm.errors import ConfigError, LdlmError
-from ldlm.metrics import MetricsWriter, progress
+from ldlm.logs import MetricsWriter, progress
 from ldlm.mesh import PARAM_RULES, param_rules
 from ldlm.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
 
@@ -38,10 +39,13 @@ _DEBUG_EXIT_AFTER_STEP = int(os.environ.get("LDLM_DEBUG_EXIT_AFTER_STEP", "0"))
 log = logging.getLogger("ldlm.train")
 
 Batch = dict[str, jax.Array]
-# loss_fn(model, batch, rng, step, train) -> (scalar loss, dict of scalar metrics); `train`
-# is a Python bool (augmentations on); metrics may include "tokens", the real-token count.
-# A task with `fixed` inputs gets them as a keyword: loss_fn(..., train, fixed=fixed).
-LossFn = Callable[[nnx.Module, Batch, jax.Array, jax.Array, bool], tuple[jax.Array, dict]]
+# loss_fn(model, batch, rng, step, train, *, counts) -> (scalar loss, dict of scalar
+# metrics). `train` is a Python bool (augmentations on). `counts` holds the denominators of
+# the whole global batch ("tokens": real tokens, "rows": real rows; see `batch_counts`): a
+# loss is a sum over the rows it is given divided by these, so the losses of micro-batches
+# add up to the loss of their batch exactly, whatever padding each row carries.
+# A task with `frozen` inputs gets them as a keyword too: loss_fn(..., frozen=frozen).
+LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
 class TrainingDiverged(LdlmError):
@@ -59,14 +63,14 @@ class Task:
     rules: tuple | None = None  # logical-axis rules; None: the config's mesh.rules
     # Config values a checkpoint must have been trained with to be resumed (model shape,
     # vocabulary, block length): a mismatch is reported instead of failing inside Orbax.
-    frozen: dict = dataclasses.field(default_factory=dict)
+    must_match: dict = dataclasses.field(default_factory=dict)
     # hook(step, graphdef, params) every `hook_every` steps and at the end (e.g. sample
     # dumps); params are the EMA weights when the run keeps them.
     hook: Callable[[int, Any, Any], None] | None = None
     hook_every: int = 0
     # Arrays the loss reads but nothing trains (the DiT's frozen VAE decoder), laid out on
     # the mesh; passed to the jitted steps as an argument, not baked in as a constant.
-    fixed: Any = None
+    frozen: Any = None
 
 
 @dataclasses.dataclass
@@ -104,31 +108,38 @@ def replicate_unsharded(tree, mesh: Mesh):
     return jax.tree.map(place, tree)
 
 
-def _with_fixed(loss_fn: LossFn, fixed) -> LossFn:
-    """loss_fn with the task's fixed inputs bound (itself for a task without any)."""
-    if fixed is None:
+def batch_counts(batch: Batch) -> dict[str, jax.Array]:
+    """The denominators of a global batch's losses: real tokens and real rows (at least 1)."""
+    return {"tokens": jnp.maximum(batch["mask"].sum().astype(jnp.float32), 1.0),
+            "rows": jnp.maximum(real_rows(batch).sum().astype(jnp.float32), 1.0)}
+
+
+def _with_frozen(loss_fn: LossFn, frozen) -> LossFn:
+    """loss_fn with the task's frozen inputs bound (itself for a task without any)."""
+    if frozen is None:
         return loss_fn
-    return lambda model, batch, rng, step, train: loss_fn(model, batch, rng, step, train,
-                                                          fixed=fixed)
+    return lambda *args, **kw: loss_fn(*args, **kw, frozen=frozen)
 
 
 def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
                     cfg: TrainConfig):
-    """jitted train_step(state, batch, fixed=None) -> (state, metrics)."""
+    """jitted train_step(state, batch, frozen=None) -> (state, metrics)."""
     schedule = learning_rate_schedule(cfg)
 
-    def train_step(state: TrainState, batch: Batch, fixed=None) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: Batch, frozen=None) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
-        loss_of = _with_fixed(loss_fn, fixed)
+        loss_of = _with_frozen(loss_fn, frozen)
+        counts = batch_counts(batch)
 
         def objective(params):
-            return loss_of(nnx.merge(graphdef, params), batch, rng, state.step, True)
+            return loss_of(nnx.merge(graphdef, params), batch, rng, state.step, True,
+                           counts=counts)
 
         if cfg.grad_accum == 1:
             (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         else:
             loss, metrics, grads = _accumulated_grads(loss_of, graphdef, state, batch, rng,
-                                                      cfg.grad_accum)
+                                                      cfg.grad_accum, counts)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
@@ -138,7 +149,7 @@ def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
             d = jnp.minimum(cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
             ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "lr": schedule(state.step)}
+                   "lr": schedule(state.step), "tokens": counts["tokens"]}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                              ema=ema), metrics
 
@@ -146,16 +157,17 @@ def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
 
 
 def _accumulated_grads(loss_fn: LossFn, graphdef, state: TrainState, batch: Batch, rng,
-                       k: int):
-    """Mean loss, metrics and gradients over k equal micro-batches of `batch`, computed one
-    after the other (memory of one micro-batch); each micro-batch gets its own RNG. Token
-    counts add up; every other metric is averaged."""
+                       k: int, counts: dict):
+    """Loss, metrics and gradients of `batch` as the sums over k equal micro-batches,
+    computed one after the other (memory of one micro-batch). Each micro-batch's loss is
+    normalised by the whole batch's `counts`, so the sums are the batch's loss and gradient
+    exactly; each micro-batch gets its own RNG."""
     micro = jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
 
     def one(i, mb):
         def objective(params):
             return loss_fn(nnx.merge(graphdef, params), mb, jax.random.fold_in(rng, i),
-                           state.step, True)
+                           state.step, True, counts=counts)
 
         (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         return loss, metrics, grads
@@ -166,15 +178,15 @@ def _accumulated_grads(loss_fn: LossFn, graphdef, state: TrainState, batch: Batc
     first = one(0, jax.tree.map(lambda x: x[0], micro))
     (loss, metrics, grads), _ = jax.lax.scan(
         add, first, (jnp.arange(1, k), jax.tree.map(lambda x: x[1:], micro)))
-    metrics = {n: v if n == "tokens" else v / k for n, v in metrics.items()}
-    return loss / k, metrics, jax.tree.map(lambda g: g / k, grads)
+    return loss, metrics, grads
 
 
 def make_eval_step(graphdef, loss_fn: LossFn):
-    def eval_step(params, batch: Batch, rng, fixed=None):
-        loss, metrics = _with_fixed(loss_fn, fixed)(nnx.merge(graphdef, params), batch, rng,
-                                                    jnp.int32(0), False)
-        return {**metrics, "loss": loss}
+    def eval_step(params, batch: Batch, rng, frozen=None):
+        counts = batch_counts(batch)
+        loss, metrics = _with_frozen(loss_fn, frozen)(nnx.merge(graphdef, params), batch, rng,
+                                                      jnp.int32(0), False, counts=counts)
+        return {**metrics, "loss": loss, "tokens": counts["tokens"]}
 
     return jax.jit(eval_step)
 
@@ -204,7 +216,7 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
 
     def save(step: int):
         ckpt.save(step, state, task.train_batches.get_state(),
-                  {"step": step, "config": cfg.to_dict(), "frozen": task.frozen})
+                  {"step": step, "config": cfg.to_dict(), "must_match": task.must_match})
 
     writer = MetricsWriter(out)
     window: list[dict] = []
@@ -238,7 +250,7 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
         for step in range(start + 1, tcfg.steps + 1):
             batch = next(task.train_batches)
             with jax.set_mesh(mesh):  # activation constraints refer to this mesh
-                state, metrics = train_step(state, batch, task.fixed)
+                state, metrics = train_step(state, batch, task.frozen)
             if pending is not None:
                 consume(*pending)
             pending = (step, metrics)
@@ -279,10 +291,10 @@ def _weights(state: TrainState):
 
 
 def check_resumable(meta: dict, task: Task, where) -> None:
-    saved = meta.get("frozen", {})
-    diff = sorted(k for k in set(saved) | set(task.frozen) if saved.get(k) != task.frozen.get(k))
+    saved, now = meta.get("must_match", {}), task.must_match
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
-        details = ", ".join(f"{k}: {saved.get(k)!r} there, {task.frozen.get(k)!r} now"
+        details = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now"
                             for k in diff)
         raise ConfigError(f"the checkpoints in {where} were trained with another "
                           f"configuration ({details}); use another RUN, or delete them to "
@@ -303,7 +315,8 @@ def evaluate(eval_step, state: TrainState, task: Task, seed: int) -> dict[str, f
     rng = jax.random.PRNGKey(seed + 1)
     for i, batch in zip(range(task.train_cfg.eval_batches), task.eval_batches()):
         with jax.set_mesh(task_mesh(batch)):
-            m = jax.device_get(eval_step(params, batch, jax.random.fold_in(rng, i), task.fixed))
+            m = jax.device_get(eval_step(params, batch, jax.random.fold_in(rng, i),
+                                         task.frozen))
         w = float(m.get("tokens", 1.0))
         for k, v in m.items():
             if k != "tokens":

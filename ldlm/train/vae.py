@@ -1,8 +1,9 @@
-"""Stage 1: train the TextVAE (`make vae`), evaluate it, record its latent statistics.
+"""Training the TextVAE (stage 1, `make vae`; its evaluation is in ldlm/stages/vae.py).
 
 The objective is built for the diffusion stage downstream, not for reconstruction alone:
 - token cross-entropy on real tokens only (padding never counts);
-- a small KL term (per latent coordinate, optional free-bits clamp, warmed up);
+- a small KL term (per latent coordinate, optional free-bits clamp per block and
+  coordinate, warmed up);
 - robustness: encoder input tokens replaced by <mask> with a small probability, and Gaussian
   noise of a random level added to the latents, so the decoder survives imperfect latents;
 - a per-position real-token / padding classification (weighted separately), so a decoded
@@ -11,36 +12,30 @@ The objective is built for the diffusion stage downstream, not for reconstructio
 
 from __future__ import annotations
 
-import logging
-import time
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from ldlm import rundir
 from ldlm.config import Config, VAEConfig
-from ldlm.data import pipeline
+from ldlm.data import batches
 from ldlm.data.blocks import read_meta
-from ldlm.data.tokenizer import MASK_ID, PAD_ID, Tokenizer
+from ldlm.data.tokenizer import MASK_ID, PAD_ID
 from ldlm.errors import ConfigError
 from ldlm.mesh import make_mesh
-from ldlm.models.vae import TextVAEModel
+from ldlm.models.vae import TextVAEModel, build_vae
 from ldlm.train.loop import Task, TrainResult, train
 
-log = logging.getLogger("ldlm.vae")
 STAGE = "vae"
 # What a checkpoint's parameters depend on; the objective's weights may change on resume.
 ARCHITECTURE = ("width", "heads", "mlp_dim", "encoder_layers", "decoder_layers", "num_latents",
                 "latent_dim")
 
 
-def compute_dtype(name: str):
-    return jnp.bfloat16 if name == "bfloat16" else jnp.float32
-
-
-def vae_loss(model: TextVAEModel, batch, rng, step, train: bool, *, cfg: VAEConfig,
-             total_steps: int):
+def vae_loss(model: TextVAEModel, batch, rng, step, train: bool, *, counts: dict,
+             cfg: VAEConfig, total_steps: int):
+    """Loss and metrics of a (micro-)batch, each a sum over its rows divided by the global
+    batch's `counts` (tokens, rows)."""
     tokens_BxL, mask_BxL = batch["tokens"], batch["mask"]
     B, L = tokens_BxL.shape
     k_drop, k_post, k_sigma, k_noise = jax.random.split(rng, 4)
@@ -58,55 +53,48 @@ def vae_loss(model: TextVAEModel, batch, rng, step, train: bool, *, cfg: VAEConf
     logits, real_logits = model.decode(z)
 
     maskf = mask_BxL.astype(jnp.float32)
-    n_tokens = maskf.sum()
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens_BxL)
-    recon = (ce * maskf).sum() / jnp.maximum(n_tokens, 1.0)
-    accuracy = ((jnp.argmax(logits, -1) == tokens_BxL) * maskf).sum() / jnp.maximum(n_tokens,
-                                                                                    1.0)
+    recon = (ce * maskf).sum() / counts["tokens"]
+    accuracy = ((jnp.argmax(logits, -1) == tokens_BxL) * maskf).sum() / counts["tokens"]
     # Where the block ends: a binary target on every position of real rows (eval batches can
     # carry all-padding rows at the end).
-    row_B = mask_BxL.any(-1).astype(jnp.float32)
+    row_B = batches.real_rows(batch).astype(jnp.float32)
     bce = optax.sigmoid_binary_cross_entropy(real_logits, maskf)
-    length = (bce * row_B[:, None]).sum() / jnp.maximum(row_B.sum() * L, 1.0)
-    # KL(q(z|x) || N(0, I)) per coordinate, averaged over real rows; free bits per coordinate
-    kl_NxD = (0.5 * (mean ** 2 + jnp.exp(logvar) - logvar - 1.0) * row_B[:, None, None]
-              ).sum(0) / jnp.maximum(row_B.sum(), 1.0)
-    kl = jnp.maximum(kl_NxD, cfg.kl_clamp).mean()
+    length = (bce * row_B[:, None]).sum() / (counts["rows"] * L)
+    # KL(q(z|x) || N(0, I)) of each block per coordinate; free bits per block and coordinate
+    kl_BxNxD = 0.5 * (mean ** 2 + jnp.exp(logvar) - logvar - 1.0)
+    kl_B = jnp.maximum(kl_BxNxD, cfg.kl_clamp).mean((1, 2))
+    kl = (kl_B * row_B).sum() / counts["rows"]
     if train:
         ramp = jnp.clip(step / max(1.0, cfg.kl_warmup_frac * total_steps), 0.0, 1.0)
     else:
         ramp = 1.0
     loss = recon + cfg.length_weight * length + cfg.kl_weight * ramp * kl
-    metrics = {"recon": recon, "accuracy": accuracy, "length_bce": length, "kl": kl_NxD.mean(),
-               "tokens": n_tokens}
+    metrics = {"recon": recon, "accuracy": accuracy, "length_bce": length,
+               "kl": (kl_BxNxD.mean((1, 2)) * row_B).sum() / counts["rows"]}
     return loss, metrics
 
 
-def build_vae(cfg: Config, vocab_size: int):
-    dtype = compute_dtype(cfg.vae_train.compute_dtype)
-    return lambda rngs: TextVAEModel(cfg.vae, vocab_size, cfg.data.block_len, rngs=rngs,
-                                     dtype=dtype, remat=cfg.vae_train.remat)
-
-
 def vae_task(cfg: Config, run_dir, mesh) -> Task:
-    meta = read_meta(pipeline.blocks_dir(run_dir))  # MissingStageError -> make tokenizer
+    meta = read_meta(batches.blocks_dir(run_dir))  # MissingStageError -> make tokenizer
     if meta["block_len"] != cfg.data.block_len:
         raise ConfigError(
-            f"the token blocks in {pipeline.blocks_dir(run_dir)} hold {meta['block_len']} "
+            f"the token blocks in {batches.blocks_dir(run_dir)} hold {meta['block_len']} "
             f"tokens but data.block_len={cfg.data.block_len}: rerun `make tokenizer` with "
             "this config, or use another RUN")
     total = cfg.vae_train.steps
 
-    def loss_fn(model, batch, rng, step, train):
-        return vae_loss(model, batch, rng, step, train, cfg=cfg.vae, total_steps=total)
+    def loss_fn(model, batch, rng, step, train, *, counts):
+        return vae_loss(model, batch, rng, step, train, counts=counts, cfg=cfg.vae,
+                        total_steps=total)
 
     return Task(
         stage=STAGE, train_cfg=cfg.vae_train,
         build_model=build_vae(cfg, meta["vocab_size"]), loss_fn=loss_fn,
-        train_batches=pipeline.train_batches(cfg, run_dir, mesh),
-        eval_batches=lambda: pipeline.eval_batches(cfg, run_dir, mesh),
-        frozen={**{f"vae.{k}": getattr(cfg.vae, k) for k in ARCHITECTURE},
-                "data.block_len": cfg.data.block_len, "vocab_size": meta["vocab_size"]})
+        train_batches=batches.train_batches(cfg, run_dir, mesh),
+        eval_batches=lambda: batches.eval_batches(cfg, run_dir, mesh),
+        must_match={**{f"vae.{k}": getattr(cfg.vae, k) for k in ARCHITECTURE},
+                    "data.block_len": cfg.data.block_len, "vocab_size": meta["vocab_size"]})
 
 
 def train_vae(cfg: Config, run_dir) -> TrainResult:
@@ -116,18 +104,3 @@ def train_vae(cfg: Config, run_dir) -> TrainResult:
     rundir.start_stage(cfg, run_dir, STAGE)
     return train(cfg, run_dir, task, mesh)
 
-
-def run_vae(cfg: Config, run_dir) -> dict:
-    """`make vae`: train, then evaluate reconstruction and write latent statistics."""
-    from ldlm.eval import reconstruction
-
-    result = train_vae(cfg, run_dir)
-    t0 = time.time()
-    tokenizer = Tokenizer.load(rundir.stage_dir(run_dir, "tokenizer"))
-    report = reconstruction.evaluate_vae(cfg, run_dir, result.model(), result.mesh, tokenizer)
-    report["train_seconds"] = round(result.seconds, 1)
-    report["eval_seconds"] = round(time.time() - t0, 1)
-    if rundir.is_main_process():
-        rundir.write_json_atomic(rundir.stage_dir(run_dir, STAGE) / "eval.json", report)
-    reconstruction.log_report(report)
-    return report

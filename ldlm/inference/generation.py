@@ -4,7 +4,7 @@
     pipe.generate(n=4, steps=16, sampler="dpm++", label="sport", guidance=2.0, seed=0)
 
 Every call samples normalised latents with the DiT (EMA weights), un-normalises them with
-the latent cache's per-dimension statistics and decodes them with the VAE. The denoising
+the VAE's per-coordinate latent statistics (`TextVAE.normaliser`) and decodes them. The denoising
 loop is jitted once per (sampler, grid, guided or not, batch shape): the step count, the
 guidance scale, eta, the temperature and the start time are traced, so changing them never
 recompiles. `temperature` (default 1) scales the starting noise and the noise the
@@ -31,11 +31,12 @@ import numpy as np
 from flax import nnx
 
 from ldlm.data import latents as latents_lib
-from ldlm.data.tokenizer import EOS_ID
+from ldlm.data.tokenizer import EOS_ID, through_eos
 from ldlm.diffusion import samplers, schedules
-from ldlm.errors import LdlmError
+from ldlm.errors import LdlmError, MissingStageError
+from ldlm.inference.textvae import TextVAE
 from ldlm.loading import load_stage_model, stage_config
-from ldlm.textvae import TextVAE
+from ldlm.models.dit import build_dit
 
 
 class PipelineError(LdlmError):
@@ -60,13 +61,15 @@ class _Context:
 
 
 class LatentDiffusionPipeline:
-    def __init__(self, cfg, dit: nnx.Module, vae: TextVAE, mean_D, std_D,
-                 label_names: Sequence[str]):
+    def __init__(self, cfg, dit: nnx.Module, vae: TextVAE, label_names: Sequence[str]):
+        """`vae` must carry its latent statistics (`vae.normaliser`, written by make vae)."""
+        if vae.normaliser is None:
+            raise MissingStageError("latent statistics", "the VAE stage", "vae")
         self.cfg, self.vae = cfg, vae
         self.label_names = list(label_names)
         self.N, self.D = dit.N, dit.D
         self._null = dit.null_label
-        self._mean, self._std = np.asarray(mean_D, np.float32), np.asarray(std_D, np.float32)
+        self._normaliser = vae.normaliser
         self._graphdef, self._params = nnx.split(dit)
         self._predict = None
         self._jitted: dict = {}
@@ -76,18 +79,15 @@ class LatentDiffusionPipeline:
                         ema: bool = True) -> "LatentDiffusionPipeline":
         """The DiT of `run_dir` (newest checkpoint unless `step`) with its VAE and latent
         statistics; a missing stage is an error naming the make target that produces it."""
-        from ldlm.train.dit import build_dit
-
         run_dir = pathlib.Path(run_dir)
         cfg = stage_config(run_dir, "dit", "a trained DiT")
         meta = latents_lib.read_meta(run_dir)
-        mean, std = latents_lib.read_stats(run_dir)
         names = meta["label_names"]
         dit = load_stage_model(
             run_dir, "dit", build_dit(cfg, meta["num_latents"], meta["latent_dim"],
                                       max(1, len(names))),
-            cfg.dit_train, cfg.seed, step=step, ema=ema)
-        return cls(cfg, dit, TextVAE.from_run(run_dir), mean, std, names)
+            cfg.dit_train, step=step, ema=ema)
+        return cls(cfg, dit, TextVAE.from_run(run_dir), names)
 
     @property
     def has_context(self) -> bool:
@@ -229,7 +229,7 @@ class LatentDiffusionPipeline:
 
     def denormalise(self, z_BxNxD) -> np.ndarray:
         """Normalised latents (what the DiT sees) -> the VAE's latents."""
-        return (np.asarray(z_BxNxD, np.float32) * self._std + self._mean).astype(np.float32)
+        return self._normaliser.denormalise(np.asarray(z_BxNxD, np.float32)).astype(np.float32)
 
     def decode(self, z_BxNxD) -> list[str]:
         """Texts of normalised latent blocks."""
@@ -281,17 +281,10 @@ class LatentDiffusionPipeline:
         return bool(guidance != 1.0 and (labels != self._null).any())
 
     # ------------------------------------------------------------------ text <-> latents
-    def _normalise(self, z_BxNxD) -> np.ndarray:
-        return ((z_BxNxD - self._mean) / self._std).astype(np.float32)
-
     def _block_tokens(self, z_BxNxD) -> list[list[int]]:
         """Token ids of each normalised latent block: real positions, through the first EOS."""
         tokens, real = self.vae.decode_tokens(self.denormalise(z_BxNxD))
-        out = []
-        for t, m in zip(tokens, real):
-            ids = [int(i) for i in t[m]]
-            out.append(ids[:ids.index(EOS_ID) + 1] if EOS_ID in ids else ids)
-        return out
+        return [through_eos(t[m]) for t, m in zip(tokens, real)]
 
     def _encode_blocks(self, text: str, what: str, eos: bool) -> np.ndarray:
         if not isinstance(text, str) or not text.strip():
@@ -299,7 +292,7 @@ class LatentDiffusionPipeline:
         blocks = self.vae.blocks(text, eos=eos)
         if not blocks:
             raise PipelineError(f"the {what} text has no tokens")
-        return self._normalise(self.vae.encode_tokens(self.vae.pad(blocks)[0]))
+        return self._normaliser.normalise(self.vae.encode_tokens(self.vae.pad(blocks)[0]))
 
     def _last_block(self, text: str, what: str) -> np.ndarray:
         return self._encode_blocks(text, what, eos=False)[-1]

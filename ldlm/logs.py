@@ -13,6 +13,8 @@ from typing import Iterable, Mapping
 import jax
 from tqdm.auto import tqdm
 
+from ldlm import rundir
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -63,6 +65,16 @@ class MetricsWriter:
 def read_metrics(out_dir) -> list[dict]:
     path = pathlib.Path(out_dir) / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_result(out_dir, seconds: float, name: str = "result.json") -> dict:
+    """A training stage's last file: its training time and final validation metrics; its
+    presence means the stage finished."""
+    rows = [r for r in read_metrics(out_dir) if r["split"] == "validation"]
+    out = {"train_seconds": round(seconds, 1), "validation": rows[-1] if rows else {}}
+    if rundir.is_main_process():
+        rundir.write_json_atomic(pathlib.Path(out_dir) / name, out)
+    return out
 
 
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "",

@@ -15,6 +15,7 @@ import json
 import pathlib
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -23,10 +24,36 @@ from ldlm import rundir
 from ldlm.config import Config
 from ldlm.data.blocks import document_blocks
 from ldlm.data.corpus import normalize_text
-from ldlm.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
-from ldlm.errors import LdlmError
-from ldlm.eval.reconstruction import Codec
+from ldlm.data.latents import LatentNormaliser
+from ldlm.data.records import pad_rows
+from ldlm.data.tokenizer import EOS_ID, Tokenizer
+from ldlm.errors import LdlmError, MissingStageError
 from ldlm.loading import load_stage_model, stage_config
+from ldlm.models.vae import build_vae
+
+
+class Codec:
+    """Jitted encode (tokens -> posterior mean) and decode (latents -> tokens, real mask)."""
+
+    def __init__(self, model):
+        graphdef, self.params = nnx.split(model)
+        self._posterior = jax.jit(lambda p, t: nnx.merge(graphdef, p).encode(t))
+
+        def decode(p, z):
+            logits, real = nnx.merge(graphdef, p).decode(z)
+            return jnp.argmax(logits, -1).astype(jnp.int32), real > 0
+
+        self._decode = jax.jit(decode)
+
+    def encode(self, tokens_BxL):
+        return self._posterior(self.params, tokens_BxL)[0]
+
+    def posterior(self, tokens_BxL):
+        """Posterior mean and log-variance, each BxNxD."""
+        return self._posterior(self.params, tokens_BxL)
+
+    def decode(self, z_BxNxD):
+        return self._decode(self.params, z_BxNxD)
 
 
 class TextTooLong(LdlmError):
@@ -35,8 +62,12 @@ class TextTooLong(LdlmError):
 
 class TextVAE:
     def __init__(self, cfg: Config, model: nnx.Module, tokenizer: Tokenizer,
-                 label_names: Sequence[str] = ()):
+                 label_names: Sequence[str] = (),
+                 normaliser: LatentNormaliser | None = None):
         self.cfg = cfg
+        # per-coordinate latent statistics (what the DiT normalises by); None before the
+        # VAE stage has written them
+        self.normaliser = normaliser
         self.label_names = list(label_names)  # topic names of the run's data, by label id
         self.tokenizer = tokenizer
         self.block_len = cfg.data.block_len
@@ -49,15 +80,17 @@ class TextVAE:
     def from_run(cls, run_dir, *, step: int | None = None, ema: bool = True) -> "TextVAE":
         """Loads the VAE checkpoint of `run_dir` (the newest unless `step`), its EMA weights
         when the run kept them and `ema`, onto the first local device."""
-        from ldlm.train.vae import build_vae
-
         cfg = stage_config(run_dir, "vae", "a trained VAE")
         tokenizer = Tokenizer.load(rundir.stage_dir(pathlib.Path(run_dir), "tokenizer"))
         model = load_stage_model(run_dir, "vae", build_vae(cfg, tokenizer.vocab_size),
-                                 cfg.vae_train, cfg.seed, step=step, ema=ema)
+                                 cfg.vae_train, step=step, ema=ema)
         stats = rundir.stage_dir(pathlib.Path(run_dir), "data") / "stats.json"
         names = json.loads(stats.read_text()).get("label_names", []) if stats.is_file() else []
-        return cls(cfg, model, tokenizer, names)
+        try:
+            normaliser = LatentNormaliser.load(run_dir)
+        except MissingStageError:  # a VAE stage that has not finished its evaluation
+            normaliser = None
+        return cls(cfg, model, tokenizer, names, normaliser)
 
     # ------------------------------------------------------------------ text -> tokens
     def tokenize(self, texts: Sequence[str], *, eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -76,12 +109,8 @@ class TextVAE:
         return self.pad(rows)
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        tokens = np.full((len(rows), self.block_len), PAD_ID, np.int32)
-        mask = np.zeros((len(rows), self.block_len), bool)
-        for r, ids in enumerate(rows):
-            tokens[r, :len(ids)] = ids
-            mask[r, :len(ids)] = True
-        return tokens, mask
+        """tokens_BxL (PAD_ID after each row) and mask_BxL of token rows."""
+        return pad_rows(rows, self.block_len)
 
     # ------------------------------------------------------------------ latents
     def encode(self, texts: Sequence[str], *, split: bool = False, eos: bool = True):

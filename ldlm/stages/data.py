@@ -17,8 +17,10 @@ from ldlm import rundir
 from ldlm.config import Config
 from ldlm.data import blocks as blocks_lib
 from ldlm.data import sources
-from ldlm.data.pipeline import blocks_dir
+from ldlm.data.batches import blocks_dir
+from ldlm.data.records import write_records
 from ldlm.data.tokenizer import Tokenizer, train_tokenizer
+from ldlm.distributed import barrier
 from ldlm.errors import DataError, MissingStageError
 
 log = logging.getLogger("ldlm.data")
@@ -64,7 +66,7 @@ def run_tokenizer(cfg: Config, run_dir) -> dict:
     splits = sources.load_splits(cfg, run_dir)
     tokenizer = train_tokenizer(splits["train"].texts, cfg.tokenizer, out) \
         if rundir.is_main_process() else None
-    _sync("tokenizer trained")
+    barrier("tokenizer trained")
     tokenizer = tokenizer or Tokenizer.load(out)
     log.info("tokenizer: %d pieces (%s) trained in %.1fs", tokenizer.vocab_size,
              cfg.tokenizer.model_type, time.time() - t0)
@@ -84,7 +86,7 @@ def run_tokenizer(cfg: Config, run_dir) -> dict:
                 real_tokens.append(n)
                 yield record
 
-        n_blocks = blocks_lib.write_records(blocks_lib.split_path(bdir, role), records()) \
+        n_blocks = write_records(blocks_lib.split_path(bdir, role), records()) \
             if rundir.is_main_process() else 0
         chars = sum(len(t) for t in docs.texts)
         tokens = int(sum(real_tokens))  # includes one EOS per document
@@ -96,7 +98,7 @@ def run_tokenizer(cfg: Config, run_dir) -> dict:
             "padding_fraction": round(1 - tokens / max(1, n_blocks * L), 4),
             "characters_per_token": round(chars / max(1, tokens - len(docs)), 3),
         }
-    _sync("blocks written")
+    barrier("blocks written")
     stats["roundtrip_validation"] = roundtrip_check(tokenizer, splits["validation"].texts)
     stats["seconds"] = round(time.time() - t0, 2)
     if rundir.is_main_process():
@@ -118,9 +120,3 @@ def roundtrip_check(tokenizer: Tokenizer, texts) -> dict:
     exact = sum(tokenizer.decode(tokenizer.encode(t)) == t for t in texts)
     return {"documents": len(texts), "exact": int(exact)}
 
-
-def _sync(name: str) -> None:
-    import jax
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)

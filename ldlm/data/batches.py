@@ -15,7 +15,7 @@ A batch is a dict of arrays (B = global batch size):
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import grain
 import jax
@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from ldlm.config import Config
 from ldlm.data import blocks as blocks_lib
+from ldlm.data.records import RecordFormat, RecordSource
 from ldlm.errors import ConfigError, MissingStageError
 from ldlm.mesh import batch_shards, batch_sharding
 
@@ -32,11 +33,13 @@ def blocks_dir(run_dir) -> pathlib.Path:
     return pathlib.Path(run_dir) / "tokenizer" / "blocks"
 
 
-def block_source(run_dir, role: str) -> grain.sources.ArrayRecordDataSource:
+def block_source(run_dir, role: str) -> RecordSource:
+    """The decoded token blocks of a split (`ldlm.data.records` dicts)."""
     path = blocks_lib.split_path(blocks_dir(run_dir), role)
     if not path.is_file():
         raise MissingStageError(f"{role} token blocks", path, "tokenizer")
-    return grain.sources.ArrayRecordDataSource(str(path))
+    meta = blocks_lib.read_meta(blocks_dir(run_dir))
+    return RecordSource(path, RecordFormat(meta["block_len"]))
 
 
 def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
@@ -50,9 +53,15 @@ def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
     return global_batch // processes
 
 
+def real_rows(batch) -> Any:
+    """Bool_B: the rows of a batch that hold a block. Padding rows (the end of an evaluation
+    pass) have an all-False token mask; every block has at least one real token."""
+    return batch["mask"].any(-1)
+
+
 def _empty_like(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A padding row for the end of an evaluation pass: zeros, boolean fields False,
-    indices and labels -1 (so real rows are those with doc_index >= 0)."""
+    """A padding row for the end of an evaluation pass: zeros, boolean fields (the token
+    mask among them) False, indices and labels -1 (see `real_rows`)."""
     out = {k: np.zeros_like(v) for k, v in example.items()}
     for k in ("doc_index", "block_index", "label"):
         if k in out:
@@ -61,14 +70,14 @@ def _empty_like(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def make_dataset(source, *, batch_size: int, train: bool, seed: int = 0,
-                 process_index: int | None = None, process_count: int | None = None,
-                 decode: Callable[[Any], dict] = blocks_lib.decode_record) -> grain.IterDataset:
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> grain.IterDataset:
     """This process's local batches (`batch_size // process_count` rows each).
 
     train=True: endless, reshuffled every epoch from `seed`.
     train=False: one ordered pass, padded with empty rows to whole global batches so that
     every process yields the same number of batches.
-    `decode` turns a source record into a dict of arrays.
+    `source[i]` is a dict of arrays (one block).
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -77,13 +86,13 @@ def make_dataset(source, *, batch_size: int, train: bool, seed: int = 0,
                           f"{process_count} processes")
     local = batch_size // process_count
     if train:
-        ds = grain.MapDataset.source(source).map(decode)
+        ds = grain.MapDataset.source(source)
         ds = ds.shuffle(seed=seed).repeat(None)
     else:
         n = len(source)
-        empty = _empty_like(decode(source[0])) if n else {}
+        empty = _empty_like(source[0]) if n else {}
         ds = grain.MapDataset.range(-(-n // batch_size) * batch_size).map(
-            lambda i: decode(source[i]) if i < n else empty)
+            lambda i: source[i] if i < n else empty)
     if process_count > 1:
         ds = _process_rows(ds, batch_size, process_index, process_count)
     ds = ds.batch(local, drop_remainder=True)
