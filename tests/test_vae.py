@@ -154,8 +154,8 @@ def test_nan_loss_stops_with_the_step(trained_tiny, tmp_path):
     task = vae_task(cfg, run_dir, mesh)
     real_loss = task.loss_fn
 
-    def poisoned(model, batch, rng, step, train):
-        loss, m = real_loss(model, batch, rng, step, train)
+    def poisoned(model, batch, rng, step, train, *, counts):
+        loss, m = real_loss(model, batch, rng, step, train, counts=counts)
         return jnp.where(step >= 4, jnp.nan, loss), m
 
     task.loss_fn = poisoned
