@@ -5,10 +5,12 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from ldlm.config import ARConfig, MeshConfig
 from ldlm.mesh import PARAM_RULES, make_mesh
+from ldlm.models import layers
 from ldlm.models.ar import CausalLM, sample_logits, sample_tokens
 from tests.helpers import link_stages
 
@@ -66,3 +68,32 @@ def test_ar_stage_trains_and_writes_its_result(tiny_run, tiny_cfg, tmp_path):
     assert np.isfinite(train).all() and train[-1] < train[0]
     assert json.loads((run_dir / "ar" / "result.json").read_text()) == out
     assert out["validation"]["loss"] < np.log(tiny_cfg.tokenizer.vocab_size)
+
+
+def _softmax_attention(q, k, v, mask):
+    """Reference: attention written out (float32 softmax, masked logits to -inf)."""
+    logits = jnp.einsum("BTHK,BSHK->BHTS", q, k) / jnp.sqrt(jnp.float32(q.shape[-1]))
+    logits = jnp.where(mask[:, None], logits, -jnp.inf)
+    return jnp.einsum("BHTS,BSHK->BTHK", jax.nn.softmax(logits, -1), v)
+
+
+@pytest.mark.parametrize("kind", ["padding", "causal", "block_causal"])
+def test_attention_matches_written_out_softmax_attention(kind):
+    """Attention goes through jax.nn.dot_product_attention; with the masks the models use
+    (padding, causal, block-causal) it equals the written-out formula on CPU."""
+    B, T, H, K = 2, 12, 2, 8
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, T, H, K)) for i in range(3))
+    t, s = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
+    if kind == "padding":
+        mask = jnp.broadcast_to(jnp.arange(T)[None, None, :] < jnp.array([T, 5])[:, None, None],
+                                (B, T, T))
+    elif kind == "causal":
+        mask = jnp.broadcast_to(s <= t, (B, T, T))
+    else:  # blocks of 4: a position sees every earlier block and its own
+        mask = jnp.broadcast_to(s // 4 <= t // 4, (B, T, T))
+    mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
+        attn = layers.Attention(H * K, H, rngs=nnx.Rngs(0))
+    got = attn._attend(q, k, v, mask)
+    want = jnp.einsum("BTHK,HKD->BTD", _softmax_attention(q, k, v, mask), attn.wo[...])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

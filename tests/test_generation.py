@@ -8,7 +8,7 @@ import pytest
 
 from ldlm.errors import MissingStageError
 from ldlm.inference.generation import LatentDiffusionPipeline, PipelineError
-from tests.helpers import link_stages
+from tests.helpers import compiles, link_stages
 
 PROMPT = "Shares in the firm rose on Monday after it reported higher profits."
 
@@ -38,21 +38,19 @@ def test_same_seed_same_texts(pipe, sampler):
 
 def test_one_compile_serves_every_step_budget(pipe):
     pipe.sample_latents(n=5, steps=1, sampler="ddim", seed=0)
-    jitted = pipe._jitted[("ddim", "uniform", False)]
-    before = jitted._cache_size()
+    before = compiles()
     for steps in (3, 7, 1000):
         pipe.sample_latents(n=5, steps=steps, sampler="ddim", seed=0)
-    assert jitted._cache_size() == before  # a new budget, same batch shape: no new compile
+    assert compiles() == before  # a new budget, same batch shape: no new compile
 
 
 def test_temperature_narrows_the_samples_without_recompiling(pipe):
     z1 = pipe.sample_latents(n=64, steps=8, sampler="ddpm", seed=0)
     np.testing.assert_array_equal(
         z1, pipe.sample_latents(n=64, steps=8, sampler="ddpm", seed=0, temperature=1.0))
-    jitted = pipe._jitted[("ddpm", "uniform", False)]
-    before = jitted._cache_size()
+    before = compiles()
     z_half = pipe.sample_latents(n=64, steps=8, sampler="ddpm", seed=0, temperature=0.5)
-    assert jitted._cache_size() == before  # traced, like the step count
+    assert compiles() == before  # traced, like the step count
     spread = lambda z: float(np.std(z - z.mean(0)))  # noqa: E731
     assert spread(z_half) < 0.9 * spread(z1)
 
@@ -96,10 +94,9 @@ def test_continuation_infilling_and_trajectory(pipe):
     steps = pipe.trajectory(n=2, steps=4, seed=5)
     assert len(steps) == 4 and all(len(s) == 2 for s in steps)
     assert steps[-1] == pipe.generate(n=2, steps=4, seed=5)
-    jitted = pipe._jitted[("dpm++", "uniform", False, "trajectory", 4)]
-    before = jitted._cache_size()
+    before = compiles()
     assert pipe.trajectory(n=2, steps=4, seed=6) != steps  # another draw, no new compile
-    assert jitted._cache_size() == before
+    assert compiles() == before
 
 
 @pytest.mark.parametrize("kwargs,match", [

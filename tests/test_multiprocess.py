@@ -43,3 +43,23 @@ def test_two_processes_train_die_resume_and_match_one_process(tiny_run, tmp_path
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert_trees_close(_params(multi), _params(single), rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_write_the_latent_cache_once_and_wait_for_it(trained_tiny, tmp_path):
+    """`ldlm latents` as two processes: process 0 writes the cache, both return only once it
+    is complete, and it holds the records a single process writes."""
+    from ldlm.data.latents import LatentSource, read_meta
+    from ldlm.stages.latents import run_latents
+
+    cfg, src, _ = trained_tiny
+    multi = link_stages(src, tmp_path / "multi", ("data", "tokenizer", "vae"))
+    single = link_stages(src, tmp_path / "single", ("data", "tokenizer", "vae"))
+    status = launch(["latents", "--preset", "tiny", "--run-dir", str(multi)], 2, 2,
+                    tmp_path / "logs", timeout=300)
+    assert status == 0, (tmp_path / "logs" / "process_1.log").read_text()[-2000:]
+    run_latents(cfg, single, batch_size=64)
+    assert read_meta(multi)["blocks"] == read_meta(single)["blocks"]
+    a, b = LatentSource(multi, "validation"), LatentSource(single, "validation")
+    for i in (0, len(a) // 2, len(a) - 1):
+        for key in ("z", "tokens", "mask", "doc_index", "prev", "has_prev"):
+            np.testing.assert_allclose(a[i][key], b[i][key], rtol=1e-5, atol=1e-5)

@@ -123,14 +123,14 @@ class Attention(nnx.Module):
         return rope(q, positions_T, self.rope_base), rope(k, positions_T, self.rope_base), v
 
     def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS):
+        """Scaled dot-product attention through `jax.nn.dot_product_attention` (cuDNN flash
+        attention where available, XLA elsewhere; softmax in float32), then the output
+        projection. mask_BxTxS: True where query t may attend to key s."""
         dt = self.dtype
-        logits = jnp.einsum("BTHK,BSHK->BHTS", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) / \
-            jnp.sqrt(jnp.float32(self.head_dim))
-        if mask_BxTxS is not None:
-            logits = jnp.where(mask_BxTxS[:, None, :, :], logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out = jnp.einsum("BHTS,BSHK->BTHK", probs, v_BxSxHxK)
-        return jnp.einsum("BTHK,HKD->BTD", out, self.wo[...].astype(dt))
+        mask = None if mask_BxTxS is None else mask_BxTxS[:, None, :, :]
+        out = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK.astype(q_BxTxHxK.dtype),
+                                           v_BxSxHxK.astype(q_BxTxHxK.dtype), mask=mask)
+        return jnp.einsum("BTHK,HKD->BTD", out.astype(dt), self.wo[...].astype(dt))
 
     def __call__(self, x_BxTxD, *, positions_T=None, mask_BxTxT=None):
         if positions_T is None:

@@ -13,7 +13,7 @@ import pathlib
 
 from ldlm.errors import LdlmError
 
-NOTEBOOKS_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 
 
 class NotebookFailed(LdlmError):
