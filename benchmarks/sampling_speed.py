@@ -87,7 +87,7 @@ def time_ar(fn, B: int, repeats: int) -> float:
     excluded as for ldlm's token count)."""
     import numpy as np
 
-    from ldlm.data.tokenizer import EOS_ID
+    from ldlm.data.tokenizer import through_eos
 
     np.asarray(fn(jax.random.PRNGKey(0), B))  # compile
     tokens, seconds = 0, 0.0
@@ -95,9 +95,7 @@ def time_ar(fn, B: int, repeats: int) -> float:
         start = time.perf_counter()
         out = np.asarray(fn(jax.random.PRNGKey(r), B))
         seconds += time.perf_counter() - start
-        for row in out:
-            ids = row.tolist()
-            tokens += ids.index(EOS_ID) + 1 if EOS_ID in ids else len(ids)
+        tokens += sum(len(through_eos(row)) for row in out)
     return tokens / seconds
 
 

@@ -50,11 +50,18 @@ class LatentNormaliser:
     std_D: np.ndarray
 
     def normalise(self, z_xD):
-        return ((z_xD - self.mean_D) / self.std_D).astype(np.float32)
+        mean, std = self._like(z_xD)
+        return ((z_xD - mean) / std).astype(np.float32)
 
     def denormalise(self, z_xD):
         """Normalised latents (what the DiT sees) -> the VAE's latents (numpy or jax)."""
-        return z_xD * self.std_D + self.mean_D
+        mean, std = self._like(z_xD)
+        return z_xD * std + mean
+
+    def _like(self, z_xD):
+        """mean and std with leading unit axes up to z's rank (explicit broadcasting)."""
+        shape = (1,) * (z_xD.ndim - 1) + (-1,)
+        return self.mean_D.reshape(shape), self.std_D.reshape(shape)
 
     @classmethod
     def from_moments(cls, total_D, total_sq_D, count: float) -> "LatentNormaliser":

@@ -106,7 +106,8 @@ def dit_loss(model: DiT, batch, rng, step, train: bool, *, counts: dict, cfg: Di
     metrics = {"mse": (per_example * rows).sum() / n, "mse_x0": mse_x0}
     if frozen is not None and (cfg.token_loss_weight > 0 or not train):
         vae = nnx.merge(decoder_graphdef, frozen["vae"])
-        x0_hat_vae = x0_hat * frozen["std"][None, None] + frozen["mean"][None, None]
+        x0_hat_vae = latents_lib.LatentNormaliser(frozen["mean"], frozen["std"]).denormalise(
+            x0_hat)
         ce_B, acc_B = decoder_token_scores(vae.decode, x0_hat_vae, batch["tokens"],
                                            batch["mask"])
         metrics["token_ce"] = (ce_B * rows).sum() / n
