@@ -62,7 +62,8 @@ def run_eval(cfg: Config, run_dir) -> dict:
                                                 replace=False)]
     real_features = ref.features(held_out)
     rows = [{"system": "real text (test split)", "sampler": None, "steps": None,
-             "seconds_per_block": None, **compare.quality(real, ref, real_features, train_8grams)}]
+             "seconds_per_block": None,
+             **compare.quality(real, ref, real_features, train_8grams)}]
     log.info("real text: %s", compare.brief(rows[-1]))
 
     # the AR baseline: one block after the start token, through its first EOS; sampled with
