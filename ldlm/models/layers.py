@@ -93,6 +93,14 @@ def rope(x_BxTxHxK, positions_T, base: float = 10_000.0):
     return out.astype(x_BxTxHxK.dtype)
 
 
+def dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS=None):
+    """Scaled dot-product attention, BxTxHxK, through `jax.nn.dot_product_attention` (cuDNN
+    flash attention where it can, XLA elsewhere; softmax in float32). mask_BxTxS: True
+    where query t may attend to key s."""
+    mask = None if mask_BxTxS is None else mask_BxTxS[:, None, :, :]
+    return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask)
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with RoPE and QK-norm (RMSNorm on queries and keys)."""
 
@@ -123,13 +131,10 @@ class Attention(nnx.Module):
         return rope(q, positions_T, self.rope_base), rope(k, positions_T, self.rope_base), v
 
     def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS):
-        """Scaled dot-product attention through `jax.nn.dot_product_attention` (cuDNN flash
-        attention where available, XLA elsewhere; softmax in float32), then the output
-        projection. mask_BxTxS: True where query t may attend to key s."""
+        """Attention (see `dot_product_attention`), then the output projection."""
         dt = self.dtype
-        mask = None if mask_BxTxS is None else mask_BxTxS[:, None, :, :]
-        out = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK.astype(q_BxTxHxK.dtype),
-                                           v_BxSxHxK.astype(q_BxTxHxK.dtype), mask=mask)
+        out = dot_product_attention(q_BxTxHxK, k_BxSxHxK.astype(q_BxTxHxK.dtype),
+                                    v_BxSxHxK.astype(q_BxTxHxK.dtype), mask_BxTxS)
         return jnp.einsum("BTHK,HKD->BTD", out.astype(dt), self.wo[...].astype(dt))
 
     def __call__(self, x_BxTxD, *, positions_T=None, mask_BxTxT=None):
