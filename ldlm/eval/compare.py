@@ -2,18 +2,16 @@
 beside the AR baseline and real text.
 
 For each system the same number of samples (one block each, unconditional) is scored with
-the same metrics (`ldlm.eval.metrics`): generative perplexity under the reference LM with
-unigram entropy beside it, MAUVE against held-out validation blocks (features: the
-reference LM's mean hidden state), distinct-1/2/3, repeated-4-gram rate, memorisation (8-grams found in
-the training split) and the wall-clock seconds per block. Real test blocks are scored the
+the same metrics (`ldlm.eval.sample_metrics`): generative perplexity under the reference LM
+with unigram entropy beside it, MAUVE against held-out validation blocks (features: the
+reference LM's mean hidden state), distinct-1/2/3, repeated-4-gram rate, memorisation
+(8-grams found in the training split) and the wall-clock seconds per block. Real test blocks are scored the
 same way as the reference point. Class-conditional ldlm samples are classified by a
 bag-of-words topic classifier trained on the training split, per guidance scale.
 
 The reference LM is `eval.reference`: "ar", the AR baseline itself (scoring the baseline's
 own samples with it favours the baseline), or "reference", a larger LM trained longer
 (`make reference`); the report names the one used.
-
-Writes eval/results.json and eval/quality_vs_steps.png.
 """
 
 from __future__ import annotations
