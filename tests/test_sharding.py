@@ -83,11 +83,16 @@ def _vae_step_result(mesh_cfg, rules="fsdp_tp", overrides=()):
     return float(metrics["loss"]), jax.device_get(state.params)
 
 
+@pytest.fixture(scope="module")
+def one_device_vae_step():
+    return _vae_step_result(MeshConfig(1, 1, 1))
+
+
 @pytest.mark.parametrize("shape,rules", [((8, 1, 1), "fsdp_tp"), ((2, 4, 1), "fsdp_tp"),
                                          ((2, 2, 2), "fsdp_tp"), ((2, 2, 2), "fsdp"),
                                          ((4, 1, 2), "replicated")])
-def test_one_training_step_is_the_same_on_every_mesh(shape, rules):
-    ref_loss, ref_params = _vae_step_result(MeshConfig(1, 1, 1))
+def test_one_training_step_is_the_same_on_every_mesh(shape, rules, one_device_vae_step):
+    ref_loss, ref_params = one_device_vae_step
     loss, params = _vae_step_result(MeshConfig(*shape), rules)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert_trees_close(params, ref_params, atol=2e-5)
@@ -126,11 +131,17 @@ def _full_batch_grads(graphdef, state, batch, mesh):
         return jax.device_get(grads(state.params))
 
 
-def test_accumulated_gradients_equal_the_full_batch_with_ragged_rows():
+@pytest.fixture(scope="module")
+def one_device_grads():
+    """The AR baseline on one device, its ragged batch, and the full batch's gradients."""
+    _, mesh, graphdef, state, batch = _ar_setup()
+    return graphdef, state, batch, _full_batch_grads(graphdef, state, batch, mesh)
+
+
+def test_accumulated_gradients_equal_the_full_batch_with_ragged_rows(one_device_grads):
     """k=4 micro-batches with different amounts of padding each: the same loss and
     gradients as one pass over the batch (averaging per-micro-batch means would not be)."""
-    _, mesh, graphdef, state, batch = _ar_setup()
-    loss, grads = _full_batch_grads(graphdef, state, batch, mesh)
+    graphdef, state, batch, (loss, grads) = one_device_grads
 
     @jax.jit
     def accumulated(state, batch):
@@ -142,10 +153,9 @@ def test_accumulated_gradients_equal_the_full_batch_with_ragged_rows():
     assert_trees_close(acc_grads, grads, rtol=1e-5, atol=1e-7)
 
 
-def test_gradients_on_eight_devices_equal_one_device_with_ragged_rows():
-    _, mesh1, graphdef, state1, batch1 = _ar_setup()
+def test_gradients_on_eight_devices_equal_one_device_with_ragged_rows(one_device_grads):
+    loss1, grads1 = one_device_grads[3]
     _, mesh8, graphdef8, state8, batch8 = _ar_setup(mesh_shape=(4, 2, 1))
-    loss1, grads1 = _full_batch_grads(graphdef, state1, batch1, mesh1)
     loss8, grads8 = _full_batch_grads(graphdef8, state8, batch8, mesh8)
     assert float(loss8) == pytest.approx(float(loss1), rel=1e-6)
     assert_trees_close(grads8, grads1, rtol=1e-5, atol=1e-7)
@@ -159,9 +169,14 @@ def _ar_step(overrides):
     return float(metrics["loss"]), jax.device_get(state.params)
 
 
+@pytest.fixture(scope="module")
+def plain_step():
+    return _ar_step([])
+
+
 @pytest.mark.parametrize("overrides", [["ar_train.grad_accum=4"], ["ar_train.remat=true"]])
-def test_accumulation_and_remat_change_memory_not_results(overrides):
-    ref_loss, ref_params = _ar_step([])
+def test_accumulation_and_remat_change_memory_not_results(overrides, plain_step):
+    ref_loss, ref_params = plain_step
     loss, params = _ar_step(overrides)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert_trees_close(params, ref_params, atol=2e-5)
