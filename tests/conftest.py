@@ -48,6 +48,7 @@ def trained_tiny(tiny_run, tiny_cfg, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dit(trained_tiny, tmp_path_factory):
     """Latents of the tiny VAE run and a tiny DiT trained on them (with context)."""
+    from ldlm.inference.textvae import TextVAE
     from ldlm.stages.dit import sample_dump_hook
     from ldlm.stages.latents import run_latents
     from ldlm.train.dit import train_dit
@@ -55,5 +56,6 @@ def tiny_dit(trained_tiny, tmp_path_factory):
     cfg, src, _ = trained_tiny
     run_dir = link_stages(src, tmp_path_factory.mktemp("dit_run"), ("data", "tokenizer", "vae"))
     run_latents(cfg, run_dir, batch_size=64)
-    result = train_dit(cfg, run_dir, sample_dump_hook(cfg, run_dir))
+    vae = TextVAE.from_run(run_dir)
+    result = train_dit(cfg, run_dir, sample_dump_hook(cfg, run_dir, vae), vae.model)
     return cfg, run_dir, result

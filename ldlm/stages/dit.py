@@ -21,11 +21,11 @@ from ldlm.train.dit import STAGE, train_dit
 log = logging.getLogger("ldlm.dit")
 
 
-def sample_dump_hook(cfg: Config, run_dir, per_label: int = 1):
+def sample_dump_hook(cfg: Config, run_dir, vae: TextVAE, per_label: int = 1):
     """hook(step, graphdef, params) writing decoded class-conditional samples (DDIM, EMA
-    weights) at each budget of dit.sample_steps, through the pipeline `make sample` uses."""
-    label_names = latents_lib.read_meta(run_dir)["label_names"]  # MissingStageError first
-    vae = TextVAE.from_run(run_dir)
+    weights) at each budget of dit.sample_steps, through the pipeline `make sample` uses
+    (`vae`: the run's TextVAE)."""
+    label_names = latents_lib.read_meta(run_dir)["label_names"]
     budgets = list(cfg.dit.sample_steps)
     labels = [name for name in label_names for _ in range(per_label)] or None
     n = len(labels) if labels else per_label
@@ -50,6 +50,8 @@ def sample_dump_hook(cfg: Config, run_dir, per_label: int = 1):
 
 
 def run_dit(cfg: Config, run_dir, with_samples: bool = True) -> dict:
-    hook = sample_dump_hook(cfg, run_dir) if with_samples else None
-    result = train_dit(cfg, run_dir, hook)
+    latents_lib.read_meta(run_dir)  # MissingStageError (make latents) before anything else
+    vae = TextVAE.from_run(run_dir)  # one load serves the frozen decoder and the dumps
+    hook = sample_dump_hook(cfg, run_dir, vae) if with_samples else None
+    result = train_dit(cfg, run_dir, hook, vae.model)
     return write_result(rundir.stage_dir(run_dir, STAGE), result.seconds)

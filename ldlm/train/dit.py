@@ -117,13 +117,15 @@ def dit_loss(model: DiT, batch, rng, step, train: bool, *, counts: dict, cfg: Di
     return loss, metrics
 
 
-def frozen_decoder(run_dir, mesh):
-    """(graphdef, frozen) for `dit_loss`: the run's VAE (EMA weights) and the latent
-    statistics, replicated over `mesh`."""
-    vae_cfg = stage_config(run_dir, "vae", "a trained VAE")
-    vocab = read_blocks_meta(blocks_dir(run_dir))["vocab_size"]
-    vae = load_stage_model(run_dir, "vae", build_vae(vae_cfg, vocab), vae_cfg.vae_train)
-    graphdef, params = nnx.split(vae)
+def frozen_decoder(run_dir, mesh, vae_model=None):
+    """(graphdef, frozen) for `dit_loss`: the run's VAE (EMA weights; `vae_model` when the
+    caller has loaded it already) and the latent statistics, replicated over `mesh`."""
+    if vae_model is None:
+        vae_cfg = stage_config(run_dir, "vae", "a trained VAE")
+        vocab = read_blocks_meta(blocks_dir(run_dir))["vocab_size"]
+        vae_model = load_stage_model(run_dir, "vae", build_vae(vae_cfg, vocab),
+                                     vae_cfg.vae_train)
+    graphdef, params = nnx.split(vae_model)
     normaliser = latents_lib.LatentNormaliser.load(run_dir)
     replicated = NamedSharding(mesh, P())
 
@@ -136,16 +138,18 @@ def frozen_decoder(run_dir, mesh):
     return graphdef, frozen
 
 
-def dit_task(cfg: Config, run_dir, mesh, hook: Callable | None = None) -> Task:
+def dit_task(cfg: Config, run_dir, mesh, hook: Callable | None = None,
+             vae_model=None) -> Task:
     """The DiT's training task; `hook(step, graphdef, params)` runs every
-    `dit.sample_every` steps and at the end (the stage's sample dumps)."""
+    `dit.sample_every` steps and at the end (the stage's sample dumps); `vae_model`: the
+    run's VAE if the caller has loaded it (else loaded here)."""
     meta = latents_lib.read_meta(run_dir)  # MissingStageError -> make latents
     N, D = meta["num_latents"], meta["latent_dim"]
     if cfg.dit.use_context and N % cfg.dit.context_pool:
         raise ConfigError(f"dit.context_pool={cfg.dit.context_pool} must divide the VAE's "
                           f"number of latents ({N})")
     label_names = meta["label_names"]
-    decoder_graphdef, frozen = frozen_decoder(run_dir, mesh)
+    decoder_graphdef, frozen = frozen_decoder(run_dir, mesh, vae_model)
 
     def loss_fn(model, batch, rng, step, train, *, counts, frozen=None):
         return dit_loss(model, batch, rng, step, train, counts=counts, cfg=cfg.dit,
@@ -162,8 +166,9 @@ def dit_task(cfg: Config, run_dir, mesh, hook: Callable | None = None) -> Task:
         hook=hook, hook_every=cfg.dit.sample_every, frozen=frozen)
 
 
-def train_dit(cfg: Config, run_dir, hook: Callable | None = None) -> TrainResult:
+def train_dit(cfg: Config, run_dir, hook: Callable | None = None,
+              vae_model=None) -> TrainResult:
     mesh = make_mesh(cfg.mesh)
-    task = dit_task(cfg, run_dir, mesh, hook)  # a missing input stage raises first
+    task = dit_task(cfg, run_dir, mesh, hook, vae_model)  # a missing input raises first
     rundir.start_stage(cfg, run_dir, STAGE)
     return train(cfg, run_dir, task, mesh)
