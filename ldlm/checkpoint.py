@@ -1,9 +1,19 @@
-"""Orbax checkpoints of everything a run needs to resume exactly.
+"""Orbax checkpoints of everything a run needs to resume exactly, and what to do when one is
+damaged.
 
 Each checkpoint holds the train state (parameters, optimizer state, EMA weights, step, base
 RNG key), the data iterator's state and a small JSON record (step, resolved config). Orbax
 writes a step into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact; restoring takes the newest complete one.
+mid-save leaves the previous checkpoint intact.
+
+A step directory can still be damaged afterwards (a full disk, a partial copy, a stray
+edit). Restoring tells the two failures apart: a checkpoint whose tree metadata is readable
+but lists other arrays or shapes than the model being restored holds *another model*
+(`CheckpointMismatch`: a config or code change, no use trying older steps); anything else
+that stops a complete read is *damage* (`CheckpointDamaged`), and `restore_newest` goes on to
+the next older step. Training moves a damaged step aside (`quarantine`: into
+`<stage>/damaged_checkpoints/`, never deleted, so Orbax cannot delete or overwrite it either);
+readers only skip it.
 
 Restoring goes into abstract targets built from a live state (shape, dtype, sharding), so a
 checkpoint saved on one mesh loads onto another.
@@ -11,19 +21,110 @@ checkpoint saved on one mesh loads onto another.
 
 from __future__ import annotations
 
+import json
+import logging
 import pathlib
-from typing import Any
+import re
+import sys
+from typing import Any, Callable, TypeVar
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from ldlm.errors import MissingStageError
+from ldlm.distributed import all_processes_agree, barrier, is_main_process
+from ldlm.errors import CheckpointDamaged, CheckpointMismatch, MissingStageError
+
+log = logging.getLogger("ldlm.checkpoint")
+QUARANTINE_DIR = "damaged_checkpoints"  # beside checkpoints/, in the stage directory
+T = TypeVar("T")
 
 
 def abstract_like(tree):
     """ShapeDtypeStructs (with the live shardings) to restore into."""
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def layout(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{array name, as Orbax names it: (shape, dtype)} of a tree of arrays or metadata."""
+    return {name: (tuple(x.shape), np.dtype(x.dtype).name)
+            for name, x in ocp.tree.to_flat_dict(tree, sep=".").items()}
+
+
+def layout_difference(saved: dict, wanted: dict, limit: int = 3) -> str:
+    """A few words on how two layouts differ ('' when they agree)."""
+    missing = sorted(set(wanted) - set(saved))
+    extra = sorted(set(saved) - set(wanted))
+    shapes = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} arrays the model has are not in it ({missing[0]}, ...)")
+    if extra:
+        parts.append(f"{len(extra)} arrays in it are not in the model ({extra[0]}, ...)")
+    for k in shapes[:limit]:
+        parts.append(f"{k} is {saved[k][0]} {saved[k][1]} there, {wanted[k][0]} "
+                     f"{wanted[k][1]} now")
+    return "; ".join(parts)
+
+
+def damage_reason(e: BaseException) -> str:
+    """What an exception from reading a checkpoint says about the files, in a few words."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    for code, words in (("OUT_OF_RANGE", "array data truncated"),
+                        ("DATA_LOSS", "array data corrupt"),
+                        ("NOT_FOUND", "array data missing")):
+        if code in text:
+            return words
+    if "reading array index" in text:
+        return "array data unreadable"
+    if isinstance(e, FileNotFoundError):
+        name = getattr(e, "filename", None)
+        if name:
+            return f"file missing: {pathlib.Path(name).name}"
+        named = re.search(r"named (\S+)\) does not exist at (\S+?)\.?$", text)
+        return (f"file missing: {pathlib.Path(named[2]).name}/{named[1]}" if named
+                else text[:160])
+    if isinstance(e, json.JSONDecodeError):
+        return f"JSON garbled ({text})"
+    if isinstance(e, UnicodeDecodeError):
+        return "JSON garbled (not UTF-8)"
+    if isinstance(e, KeyError):
+        return f"incomplete ({text.strip(chr(39) + chr(34))})"
+    return f"{type(e).__name__}: {text[:120]}"
+
+
+def _from_failed_read(text: str) -> bool:
+    return any(w in text for w in ("TensorStore", "OCDBT", "reading array index"))
+
+
+class _FailedReadNoise(logging.Filter):
+    """Drops asyncio's 'exception was never retrieved' for reads of a damaged checkpoint."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("never retrieved" in text and _from_failed_read(text))
+
+
+def _quiet_failed_read_leftovers() -> None:
+    """After one read of a damaged checkpoint fails, Orbax's other pending reads fail too,
+    after the error was handled: their coroutines are collected with their exceptions
+    unretrieved, and TensorStore completes some into Orbax's closed event loop. Python
+    reports each with a traceback (the unraisable hook, asyncio's logger), long after the
+    one-line report. Silence exactly those; everything else still reaches the old hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_ldlm_quiet", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        closed_loop = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+        if not (closed_loop or _from_failed_read(str(e))):
+            previous(unraisable)
+
+    hook._ldlm_quiet = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_FailedReadNoise())
 
 
 class Checkpointer:
@@ -38,42 +139,138 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._mgr.latest_step()
 
+    def steps(self) -> list[int]:
+        """Every complete (renamed) step, newest first."""
+        return sorted(self._mgr.all_steps(), reverse=True)
+
+    def step_dir(self, step: int) -> pathlib.Path:
+        return self.directory / str(step)
+
     def save(self, step: int, state, data_state: dict | None, meta: dict) -> None:
         self._mgr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state or {}),
             meta=ocp.args.JsonSave(meta)))
 
-    def restore(self, state_like, step: int | None = None) -> tuple[Any, dict, dict]:
-        """(state, data iterator state, meta) of `step` (default: the latest)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise MissingStageError("checkpoint", self.directory, self.stage)
-        out = self._mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_like(state_like)),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
-        return out["state"], out["data"], out["meta"]
+    def _damaged(self, step: int, e: BaseException) -> CheckpointDamaged:
+        _quiet_failed_read_leftovers()
+        reason = damage_reason(e)
+        return CheckpointDamaged(f"the {self.stage} checkpoint at step {step} in "
+                                 f"{self.directory} is damaged ({reason})", step, reason)
 
-    def restore_weights(self, params_like, step: int | None = None,
-                        ema: bool = False) -> Any:
-        """Only the parameters (or, with `ema`, the EMA weights) of a checkpoint, restored into
-        the layout of `params_like`: what inference needs, without the optimizer state."""
+    def _read(self, step: int, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except (CheckpointMismatch, CheckpointDamaged):
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to read the files is damage
+            raise self._damaged(step, e) from None
+
+    def check_layout(self, step: int, target, prefix: str = "") -> None:
+        """CheckpointMismatch if the step's tree metadata is readable and its arrays (under
+        `prefix`, e.g. 'params') differ from `target`'s; CheckpointDamaged if unreadable."""
+        def read():
+            handler = ocp.PyTreeCheckpointHandler()
+            try:
+                return handler.metadata(self.step_dir(step) / "state").tree
+            finally:
+                handler.close()
+
+        saved = layout(self._read(step, read))
+        wanted = layout(target)
+        if prefix:
+            saved = {k: v for k, v in saved.items() if k.startswith(prefix + ".")}
+            wanted = {f"{prefix}.{k}": v for k, v in wanted.items()}
+        diff = layout_difference(saved, wanted)
+        if diff:
+            raise CheckpointMismatch(
+                f"the {self.stage} checkpoint at step {step} in {self.directory} holds "
+                f"another model than its config.json builds ({diff}): was config.json edited, "
+                f"or the model code changed? Use another RUN, or retrain with "
+                f"`make {self.stage}`")
+
+    def _step_or_latest(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
         if step is None:
-            raise MissingStageError("checkpoint", self.directory, self.stage)
-        name = "ema" if ema else "params"
-        target = {name: abstract_like(params_like)}
-        out = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True)))
-        return out["state"][name]
+            raise self.missing()
+        return step
 
     def read_meta(self, step: int | None = None) -> dict:
         """The JSON record of a checkpoint, without loading its arrays."""
-        step = self.latest_step() if step is None else step
-        return self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"]
+        step = self._step_or_latest(step)
+        return self._read(step, lambda: self._mgr.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+    def restore(self, state_like, step: int | None = None,
+                check_meta: Callable[[dict], None] | None = None) -> tuple[Any, dict, dict]:
+        """(state, data iterator state, meta) of `step` (default: the newest);
+        `check_meta(meta)` runs first, before any array is read (it raises if the checkpoint
+        was trained with other settings)."""
+        step = self._step_or_latest(step)
+        meta = self.read_meta(step)
+        if check_meta is not None:
+            check_meta(meta)
+        self.check_layout(step, state_like)
+        out = self._read(step, lambda: self._mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_like(state_like)),
+            data=ocp.args.JsonRestore())))
+        return out["state"], out["data"], meta
+
+    def restore_weights(self, params_like, step: int | None = None, ema: bool = False) -> Any:
+        """Only the parameters (or, with `ema`, the EMA weights) of a checkpoint (default: the
+        newest), restored into the layout of `params_like`: what inference needs, without the
+        optimizer state."""
+        step = self._step_or_latest(step)
+        name = "ema" if ema else "params"
+        self.check_layout(step, params_like, prefix=name)
+        target = {name: abstract_like(params_like)}
+        out = self._read(step, lambda: self._mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))))
+        return out["state"][name]
+
+    def restore_newest(self, restore_one: Callable[[int], T], steps: list[int] | None = None,
+                       warn: bool = True
+                       ) -> tuple[int | None, T | None, list[CheckpointDamaged]]:
+        """(step, restore_one(step)) for the newest of `steps` (default: all) that reads
+        completely, and the damage met on newer ones, each logged as a warning (`warn`).
+        (None, None, damage) when none reads. With several processes, a step counts as read
+        only when every process read it."""
+        damage = []
+        for step in self.steps() if steps is None else steps:
+            try:
+                value, error = restore_one(step), None
+            except CheckpointDamaged as e:
+                value, error = None, e
+            if all_processes_agree(error is None):
+                return step, value, damage
+            error = error or CheckpointDamaged(
+                f"the {self.stage} checkpoint at step {step} in {self.directory} is damaged "
+                "(unreadable on another process)", step, "unreadable on another process")
+            if warn:
+                log.warning("%s; skipping it", error)
+            damage.append(error)
+        return None, None, damage
+
+    def quarantine(self, step: int) -> pathlib.Path:
+        """Moves a damaged step out of Orbax's reach (never deleted): into
+        <stage>/damaged_checkpoints/<step>[.k]. Returns the new place."""
+        place = self.directory.parent / QUARANTINE_DIR / str(step)
+        k = 0
+        while place.exists():
+            k += 1
+            place = place.with_name(f"{step}.{k}")
+        if is_main_process():
+            place.parent.mkdir(parents=True, exist_ok=True)
+            self.step_dir(step).rename(place)
+        barrier(f"quarantine {self.stage} step {step}")
+        self._mgr.reload()
+        log.warning("moved the damaged %s checkpoint of step %d to %s", self.stage, step, place)
+        return place
+
+    def missing(self) -> MissingStageError:
+        return MissingStageError(f"a {self.stage} checkpoint", self.directory, self.stage)
 
     def wait(self) -> None:
         self._mgr.wait_until_finished()

@@ -19,6 +19,7 @@ import typing
 from typing import Any, Iterable
 
 from ldlm.errors import ConfigError
+from ldlm.files import read_json
 
 PRESETS = ("tiny", "cpu", "base")
 
@@ -223,7 +224,12 @@ class Config:
         path = pathlib.Path(path)
         if not path.exists():
             raise ConfigError(f"no config file at {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        d = read_json(path, f"rerun `make {path.parent.name}` (with the same RUN) to write it "
+                      "again", ConfigError)
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def validate(self) -> "Config":
         """Checks of ranges and of fields that depend on each other; raises ConfigError

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from ldlm.errors import ConfigError
@@ -51,9 +52,19 @@ def initialize_from_env() -> bool:
     return True
 
 
+def is_main_process() -> bool:
+    return jax.process_index() == 0
+
 
 def barrier(name: str) -> None:
     """Every process waits here until all have arrived (a no-op for one process): after
     process 0 writes a file that the others read next."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def all_processes_agree(ok: bool) -> bool:
+    """True when `ok` holds on every process (each must call this at the same point)."""
+    if jax.process_count() == 1:
+        return bool(ok)
+    return bool(np.all(multihost_utils.process_allgather(np.array(bool(ok)))))

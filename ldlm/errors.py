@@ -27,3 +27,20 @@ class MissingStageError(LdlmError):
                          f"(with the same EXP, PRESET and RUN).")
         self.path = path
         self.target = target
+
+
+class CheckpointDamaged(LdlmError):
+    """A checkpoint that cannot be read completely (truncated, garbled or missing files)."""
+
+    def __init__(self, message: str, step: int | None = None, reason: str = ""):
+        super().__init__(message)
+        self.step = step
+        self.reason = reason
+
+
+class CheckpointMismatch(LdlmError):
+    """A readable checkpoint of another model than the one the config builds."""
+
+
+class StageLocked(LdlmError):
+    """Another live process is training the same stage of the same run."""

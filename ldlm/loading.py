@@ -8,6 +8,7 @@ Used by inference and by stages that need a frozen model of an earlier stage.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Callable
 
@@ -17,8 +18,10 @@ from flax import nnx
 from ldlm import rundir
 from ldlm.checkpoint import Checkpointer
 from ldlm.config import Config, MeshConfig, TrainConfig
-from ldlm.errors import LdlmError, MissingStageError
+from ldlm.errors import CheckpointDamaged, LdlmError, MissingStageError
 from ldlm.mesh import PARAM_RULES, make_mesh
+
+log = logging.getLogger("ldlm.loading")
 
 
 def stage_config(run_dir, stage: str, what: str) -> Config:
@@ -33,26 +36,47 @@ def stage_config(run_dir, stage: str, what: str) -> Config:
 def load_stage_model(run_dir, stage: str, build: Callable[[nnx.Rngs], nnx.Module],
                      train_cfg: TrainConfig, *, step: int | None = None,
                      ema: bool = True) -> nnx.Module:
-    """The model of `stage` in `run_dir`, built by `build` and restored from its checkpoint
-    (newest unless `step`), with EMA weights when kept and `ema`, on the first local device."""
+    """The model of `stage` in `run_dir`, built by `build` and restored from its checkpoint,
+    with EMA weights when kept and `ema`, on the first local device.
+
+    Without `step`: the newest checkpoint that reads completely (a damaged newer one is
+    skipped with a warning, and left where it is). With `step`: that one, or a one-line
+    CheckpointDamaged naming the step that still loads."""
     mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.local_devices()[:1])
     with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
         model = build(nnx.Rngs(params=0))
     graphdef, params = nnx.split(model)
     ckpt = Checkpointer(rundir.stage_dir(pathlib.Path(run_dir), stage) / "checkpoints",
                         stage=stage)
+    use_ema = ema and train_cfg.ema_decay > 0
     try:
-        if ckpt.latest_step() is None:
-            raise MissingStageError(f"a {stage} checkpoint", ckpt.directory, stage)
-        try:
-            weights = ckpt.restore_weights(params, step,
-                                           ema=ema and train_cfg.ema_decay > 0)
-        except ValueError as e:  # Orbax: the tree or shapes differ from what the config builds
-            raise LdlmError(
-                f"the {stage} checkpoint in {ckpt.directory} does not match the model its "
-                f"config.json builds (written by an incompatible version of the {stage} "
-                f"model?); retrain with `make {stage}`. Orbax said: "
-                f"{str(e).splitlines()[0]}") from None
+        steps = ckpt.steps()
+        if not steps:
+            raise ckpt.missing()
+        if step is not None and step not in steps:
+            raise LdlmError(f"{ckpt.directory} has no {stage} checkpoint of step {step}; "
+                            f"it has steps {', '.join(map(str, steps))}")
+
+        def restore(s: int):
+            return ckpt.restore_weights(params, s, ema=use_ema)
+
+        found, weights, damage = ckpt.restore_newest(
+            restore, [step] if step is not None else steps, warn=step is None)
+        if weights is None and step is not None:
+            other, _, _ = ckpt.restore_newest(restore, [s for s in steps if s != step],
+                                              warn=False)
+            raise CheckpointDamaged(
+                f"{damage[0]}; " + (f"step {other} still loads: pass --step {other} "
+                                    f"(step={other} from Python)" if other is not None else
+                                    f"no other step loads either; retrain with `make {stage}`"),
+                step, damage[0].reason)
+        if weights is None:
+            raise CheckpointDamaged(
+                f"no {stage} checkpoint in {ckpt.directory} reads completely ("
+                + "; ".join(f"step {d.step}: {d.reason}" for d in damage)
+                + f"); retrain with `make {stage}`")
+        if damage:
+            log.warning("loaded the %s checkpoint of step %d instead", stage, found)
     finally:
         ckpt.close()
     return nnx.merge(graphdef, weights)

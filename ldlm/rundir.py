@@ -19,6 +19,7 @@ import sys
 import jax
 
 from ldlm.config import Config
+from ldlm.distributed import is_main_process  # noqa: F401 - re-exported for the stages
 
 CONFIG_FILE = "config.json"
 STATS_FILE = "stats.json"
@@ -26,10 +27,6 @@ STATS_FILE = "stats.json"
 
 def stage_dir(run_dir, stage: str) -> pathlib.Path:
     return pathlib.Path(run_dir) / stage
-
-
-def is_main_process() -> bool:
-    return jax.process_index() == 0
 
 
 def write_json_atomic(path, obj) -> None:

@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="print samples and their speed from a trained run")
     s.add_argument("--run-dir", default="runs/bbc_news_cpu", help="a run with a trained DiT")
     s.add_argument("--steps", type=int, default=16, help="denoising steps, 1 .. 1000")
+    s.add_argument("--step", type=int, default=None,
+                   help="the DiT checkpoint's training step (default: the newest that loads)")
     s.add_argument("-n", type=int, default=8, help="number of samples")
     s.add_argument("--sampler", default="dpm++", help="ddpm | ddim | dpm++")
     s.add_argument("--guidance", type=float, default=1.0,
@@ -84,7 +86,7 @@ def run_sample(args: argparse.Namespace) -> None:
     decoding included; the first call's compilation is timed separately)."""
     from ldlm.inference.generation import LatentDiffusionPipeline
 
-    pipe = LatentDiffusionPipeline.from_pretrained(pathlib.Path(args.run_dir))
+    pipe = LatentDiffusionPipeline.from_pretrained(pathlib.Path(args.run_dir), step=args.step)
     kwargs = dict(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                   label=args.label, prompt=args.prompt, num_blocks=args.num_blocks,
                   eta=args.eta, grid=args.grid, temperature=args.temperature, seed=args.seed)
@@ -112,6 +114,9 @@ def run_notebooks(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
+    from ldlm.rundir import setup_logging
+
+    setup_logging()  # warnings (a skipped damaged checkpoint) in the same format as stages
     command = {"sample": run_sample, "notebooks": run_notebooks}.get(args.command, run_stage)
     try:
         command(args)

@@ -39,7 +39,7 @@ def block_source(run_dir, role: str) -> RecordSource:
     if not path.is_file():
         raise MissingStageError(f"{role} token blocks", path, "tokenizer")
     meta = blocks_lib.read_meta(blocks_dir(run_dir))
-    return RecordSource(path, RecordFormat(meta["block_len"]))
+    return RecordSource(path, RecordFormat(meta["block_len"]), "tokenizer")
 
 
 def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:

@@ -13,7 +13,6 @@ Records: `ldlm.data.records` (the same layout as the latent cache's, without lat
 
 from __future__ import annotations
 
-import json
 import pathlib
 import re
 from typing import Iterator, Sequence
@@ -21,6 +20,7 @@ from typing import Iterator, Sequence
 from ldlm.data.records import RecordFormat
 from ldlm.data.tokenizer import EOS_ID, Tokenizer
 from ldlm.errors import MissingStageError
+from ldlm.files import read_json
 
 META_FILE = "meta.json"
 
@@ -96,4 +96,4 @@ def read_meta(blocks_dir) -> dict:
     path = pathlib.Path(blocks_dir) / META_FILE
     if not path.is_file():
         raise MissingStageError("token blocks", pathlib.Path(blocks_dir), "tokenizer")
-    return json.loads(path.read_text())
+    return read_json(path, "rerun `make tokenizer`")

@@ -15,7 +15,6 @@ the block's tokens with their mask.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 
@@ -26,6 +25,7 @@ from ldlm.config import Config
 from ldlm.data import batches
 from ldlm.data.records import RecordFormat, RecordSource
 from ldlm.errors import ConfigError, MissingStageError
+from ldlm.files import read_json
 
 STAGE = "latents"
 META_FILE = "meta.json"
@@ -89,7 +89,7 @@ def read_meta(run_dir) -> dict:
     path = latents_dir(run_dir) / META_FILE
     if not path.is_file():
         raise MissingStageError("encoded latents", latents_dir(run_dir), "latents")
-    meta = json.loads(path.read_text())
+    meta = read_json(path, "rerun `make latents`")
     if "block_len" not in meta:  # caches from before the records held tokens
         raise ConfigError(f"the latent cache in {latents_dir(run_dir)} was written by an older "
                           "version (its records hold no tokens): rerun `make latents`")
@@ -114,7 +114,7 @@ class LatentSource:
         path = split_path(run_dir, role)
         if not path.is_file():
             raise MissingStageError(f"{role} latents", path, "latents")
-        self._src = RecordSource(path, record_format(meta))
+        self._src = RecordSource(path, record_format(meta), "latents")
         self.N, self.D = meta["num_latents"], meta["latent_dim"]
         self._normaliser = LatentNormaliser.load(run_dir)
 

@@ -17,6 +17,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from ldlm.data.tokenizer import PAD_ID
+from ldlm.errors import DataError
 
 HEADER_FIELDS = ("doc_index", "block_index", "label", "num_tokens")
 
@@ -71,17 +72,30 @@ class RecordFormat:
 
 
 class RecordSource:
-    """Random access to the decoded records of one array_record file (a grain source)."""
+    """Random access to the decoded records of one array_record file (a grain source).
+    `producer` names the make target that writes the file: a truncated or garbled file is
+    a DataError naming the file and that target."""
 
-    def __init__(self, path, fmt: RecordFormat):
-        self._src = grain.sources.ArrayRecordDataSource(str(path))
-        self.format = fmt
+    def __init__(self, path, fmt: RecordFormat, producer: str):
+        self.path, self.format, self.producer = pathlib.Path(path), fmt, producer
+        try:
+            self._src = grain.sources.ArrayRecordDataSource(str(path))
+        except Exception as e:  # noqa: BLE001 - array_record: RuntimeError, ValueError, ...
+            raise self._damaged(e) from None
+
+    def _damaged(self, e: Exception) -> DataError:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        return DataError(f"{self.path} is damaged (truncated or garbled: {first}); rerun "
+                         f"`make {self.producer}`")
 
     def __len__(self) -> int:
         return len(self._src)
 
     def __getitem__(self, i) -> dict[str, np.ndarray]:
-        return self.format.decode(self._src[int(i)])
+        try:
+            return self.format.decode(self._src[int(i)])
+        except Exception as e:  # noqa: BLE001
+            raise self._damaged(e) from None
 
 
 def write_records(path, records: Iterator[bytes]) -> int:

@@ -11,7 +11,6 @@ data pipeline does and returns one latent array per text.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Sequence
 
@@ -28,6 +27,7 @@ from ldlm.data.latents import LatentNormaliser
 from ldlm.data.records import pad_rows
 from ldlm.data.tokenizer import EOS_ID, Tokenizer
 from ldlm.errors import LdlmError, MissingStageError
+from ldlm.files import read_json
 from ldlm.loading import load_stage_model, stage_config
 from ldlm.models.vae import build_vae
 
@@ -85,7 +85,8 @@ class TextVAE:
         model = load_stage_model(run_dir, "vae", build_vae(cfg, tokenizer.vocab_size),
                                  cfg.vae_train, step=step, ema=ema)
         stats = rundir.stage_dir(pathlib.Path(run_dir), "data") / "stats.json"
-        names = json.loads(stats.read_text()).get("label_names", []) if stats.is_file() else []
+        names = read_json(stats, "rerun `make data`").get("label_names", []) \
+            if stats.is_file() else []
         try:
             normaliser = LatentNormaliser.load(run_dir)
         except MissingStageError:  # a VAE stage that has not finished its evaluation

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from ldlm import rundir
 from ldlm.config import Config
+from ldlm.locks import stage_lock
 from ldlm.logs import write_result
 from ldlm.train.ar import train_ar
 
 
-
 def run_ar(cfg: Config, run_dir, stage: str = "ar") -> dict:
-    result = train_ar(cfg, run_dir, stage)
-    return write_result(rundir.stage_dir(run_dir, stage), result.seconds)
+    with stage_lock(rundir.stage_dir(run_dir, stage)):
+        result = train_ar(cfg, run_dir, stage)
+        return write_result(rundir.stage_dir(run_dir, stage), result.seconds)
 
 
 def run_reference(cfg: Config, run_dir) -> dict:

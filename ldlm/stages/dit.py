@@ -14,6 +14,7 @@ from ldlm.config import Config
 from ldlm.data import latents as latents_lib
 from ldlm.inference.generation import LatentDiffusionPipeline
 from ldlm.inference.textvae import TextVAE
+from ldlm.locks import stage_lock
 from ldlm.logs import write_result
 from ldlm.mesh import to_host
 from ldlm.train.dit import STAGE, train_dit
@@ -53,5 +54,6 @@ def run_dit(cfg: Config, run_dir, with_samples: bool = True) -> dict:
     latents_lib.read_meta(run_dir)  # MissingStageError (make latents) before anything else
     vae = TextVAE.from_run(run_dir)  # one load serves the frozen decoder and the dumps
     hook = sample_dump_hook(cfg, run_dir, vae) if with_samples else None
-    result = train_dit(cfg, run_dir, hook, vae.model)
-    return write_result(rundir.stage_dir(run_dir, STAGE), result.seconds)
+    with stage_lock(rundir.stage_dir(run_dir, STAGE)):
+        result = train_dit(cfg, run_dir, hook, vae.model)
+        return write_result(rundir.stage_dir(run_dir, STAGE), result.seconds)

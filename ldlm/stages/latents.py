@@ -22,6 +22,7 @@ from ldlm.data.records import write_records
 from ldlm.distributed import barrier
 from ldlm.errors import ConfigError
 from ldlm.inference.textvae import TextVAE
+from ldlm.locks import stage_lock
 
 log = logging.getLogger("ldlm.latents")
 
@@ -32,6 +33,11 @@ def run_latents(cfg: Config, run_dir, batch_size: int = 256) -> dict:
     if vae.block_len != cfg.data.block_len:
         raise ConfigError(f"the VAE of {run_dir} was trained on blocks of {vae.block_len} "
                           f"tokens but data.block_len={cfg.data.block_len}")
+    with stage_lock(rundir.stage_dir(run_dir, STAGE)):  # one writer of the cache
+        return _write_cache(cfg, run_dir, vae, t0, batch_size)
+
+
+def _write_cache(cfg: Config, run_dir, vae: TextVAE, t0: float, batch_size: int) -> dict:
     out = rundir.start_stage(cfg, run_dir, STAGE)
     N, D = vae.num_latents, vae.latent_dim
     meta = {"num_latents": N, "latent_dim": D, "block_len": cfg.data.block_len,

@@ -11,6 +11,7 @@ from ldlm.config import Config
 from ldlm.data.latents import STATS_FILE
 from ldlm.data.tokenizer import Tokenizer
 from ldlm.eval import reconstruction
+from ldlm.locks import stage_lock
 from ldlm.train.loop import TrainResult
 from ldlm.train.vae import STAGE, train_vae
 
@@ -18,7 +19,9 @@ EVAL_FILE = "eval.json"
 
 
 def run_vae(cfg: Config, run_dir) -> dict:
-    return evaluate_trained_vae(cfg, run_dir, train_vae(cfg, run_dir))
+    Tokenizer.load(rundir.stage_dir(run_dir, "tokenizer"))  # the evaluation needs it: fail now
+    with stage_lock(rundir.stage_dir(run_dir, STAGE)):  # training and evaluation
+        return evaluate_trained_vae(cfg, run_dir, train_vae(cfg, run_dir))
 
 
 def evaluate_trained_vae(cfg: Config, run_dir, result: TrainResult) -> dict:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from ldlm import rundir
+from ldlm.locks import stage_lock
 from ldlm.config import Config
 from ldlm.data import batches
 from ldlm.data.blocks import read_meta
@@ -53,5 +54,5 @@ def ar_task(cfg: Config, run_dir, mesh, stage: str = "ar") -> Task:
 def train_ar(cfg: Config, run_dir, stage: str = "ar") -> TrainResult:
     mesh = make_mesh(cfg.mesh)
     task = ar_task(cfg, run_dir, mesh, stage)  # a missing input stage raises first
-    rundir.start_stage(cfg, run_dir, stage)
-    return train(cfg, run_dir, task, mesh)
+    with stage_lock(rundir.stage_dir(run_dir, stage)):  # before anything is written
+        return train(cfg, run_dir, task, mesh)

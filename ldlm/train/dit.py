@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldlm import rundir
+from ldlm.locks import stage_lock
 from ldlm.config import Config, DiTConfig
 from ldlm.data import latents as latents_lib
 from ldlm.data.batches import blocks_dir, real_rows
@@ -170,5 +171,5 @@ def train_dit(cfg: Config, run_dir, hook: Callable | None = None,
               vae_model=None) -> TrainResult:
     mesh = make_mesh(cfg.mesh)
     task = dit_task(cfg, run_dir, mesh, hook, vae_model)  # a missing input raises first
-    rundir.start_stage(cfg, run_dir, STAGE)
-    return train(cfg, run_dir, task, mesh)
+    with stage_lock(rundir.stage_dir(run_dir, STAGE)):  # before anything is written
+        return train(cfg, run_dir, task, mesh)

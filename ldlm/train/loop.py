@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import time
 from typing import Any, Callable, Iterator
 
@@ -26,16 +27,18 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ldlm import rundir
-from ldlm.checkpoint import Checkpointer
+from ldlm.checkpoint import QUARANTINE_DIR, Checkpointer
 from ldlm.config import Config, TrainConfig
 from ldlm.data.batches import real_rows
-from ldlm.errors import ConfigError, LdlmError
+from ldlm.errors import CheckpointDamaged, ConfigError, LdlmError
 from ldlm.logs import MetricsWriter, progress
 from ldlm.mesh import PARAM_RULES, param_rules
 from ldlm.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
 
-# Set in tests: the process dies right after writing the checkpoint of this step.
+# Fault injection in tests: the process exits right after writing the checkpoint of this
+# step, or kills itself with SIGKILL while that checkpoint is being written.
 _DEBUG_EXIT_AFTER_STEP = int(os.environ.get("LDLM_DEBUG_EXIT_AFTER_STEP", "0"))
+_DEBUG_KILL_IN_SAVE_AT_STEP = int(os.environ.get("LDLM_DEBUG_KILL_IN_SAVE_AT_STEP", "0"))
 log = logging.getLogger("ldlm.train")
 
 Batch = dict[str, jax.Array]
@@ -192,7 +195,9 @@ def make_eval_step(graphdef, loss_fn: LossFn):
 
 
 def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
-    """Trains `task` to `task.train_cfg.steps`, resuming from the newest checkpoint."""
+    """Trains `task` to `task.train_cfg.steps`, resuming from the newest checkpoint that reads
+    completely; writes the stage's config.json once the checkpoints are known to fit it.
+    The caller holds the stage's lock (`ldlm.locks.stage_lock`)."""
     t0 = time.time()
     tcfg = task.train_cfg
     out = rundir.stage_dir(run_dir, task.stage)
@@ -202,12 +207,12 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
     state = replicate_unsharded(init_state(params, tx, cfg.seed, ema=tcfg.ema_decay > 0),
                                 mesh)
     ckpt = Checkpointer(out / "checkpoints", keep=tcfg.keep_checkpoints, stage=task.stage)
-    resumed_from = ckpt.latest_step()
-    if resumed_from is not None:
-        check_resumable(ckpt.read_meta(resumed_from), task, ckpt.directory)
-        state, data_state, _ = ckpt.restore(state)
-        task.train_batches.set_state(data_state)
-        log.info("resumed from the checkpoint at step %d", resumed_from)
+    try:
+        state, resumed_from = resume(ckpt, task, state)
+    except BaseException:
+        ckpt.close()
+        raise
+    rundir.start_stage(cfg, run_dir, task.stage)  # config.json: only once resumable
     start = int(state.step)
     log.info("%s: %.2fM parameters, steps %d -> %d, batch %d, mesh %s", task.stage,
              n_params / 1e6, start, tcfg.steps, cfg.data.batch_size, dict(mesh.shape))
@@ -259,6 +264,8 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
                 consume(*pending)
                 pending = None
                 save(step)
+                if step == _DEBUG_KILL_IN_SAVE_AT_STEP:  # Orbax is still writing it
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if step == _DEBUG_EXIT_AFTER_STEP:  # fault injection for resume tests
                     ckpt.wait()
                     log.warning("exiting after the checkpoint at step %d "
@@ -288,6 +295,30 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
 
 def _weights(state: TrainState):
     return state.ema if state.ema is not None else state.params
+
+
+def resume(ckpt: Checkpointer, task: Task, state: TrainState) -> tuple[TrainState, int | None]:
+    """The state (and data position) of the newest checkpoint that reads completely, and its
+    step (None: no checkpoint, start afresh). Damaged newer steps are moved aside with a
+    warning, never deleted or overwritten; if every checkpoint is damaged, that is an error
+    (rerunning then starts from step 0)."""
+    step, restored, damage = ckpt.restore_newest(lambda s: ckpt.restore(
+        state, s, check_meta=lambda meta: check_resumable(meta, task, ckpt.directory)))
+    for d in damage:
+        ckpt.quarantine(d.step)
+    if restored is None:
+        if damage:
+            raise CheckpointDamaged(
+                f"{task.stage}: no checkpoint in {ckpt.directory} reads completely ("
+                + "; ".join(f"step {d.step}: {d.reason}" for d in damage)
+                + f"); they were moved to {ckpt.directory.parent / QUARANTINE_DIR}. Run again "
+                "to train from step 0")
+        return state, None
+    state, data_state, _ = restored
+    task.train_batches.set_state(data_state)
+    log.info("resumed from the checkpoint at step %d%s", step, "".join(
+        f" (step {d.step} was damaged: {d.reason})" for d in damage))
+    return state, step
 
 
 def check_resumable(meta: dict, task: Task, where) -> None:

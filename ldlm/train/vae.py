@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from ldlm import rundir
+from ldlm.locks import stage_lock
 from ldlm.config import Config, VAEConfig
 from ldlm.data import batches
 from ldlm.data.blocks import read_meta
@@ -101,6 +102,6 @@ def train_vae(cfg: Config, run_dir) -> TrainResult:
     """Trains (or resumes) the VAE of `run_dir`; no evaluation."""
     mesh = make_mesh(cfg.mesh)
     task = vae_task(cfg, run_dir, mesh)  # a missing input stage raises before vae/ exists
-    rundir.start_stage(cfg, run_dir, STAGE)
-    return train(cfg, run_dir, task, mesh)
+    with stage_lock(rundir.stage_dir(run_dir, STAGE)):  # before anything is written
+        return train(cfg, run_dir, task, mesh)
 
