@@ -42,6 +42,10 @@ from ldlm.train.vae import train_vae
 from tests.helpers import assert_trees_close, link_stages
 
 CKPT = pathlib.Path("vae") / "checkpoints"
+# Under pytest, Orbax's leftover failed reads reach pytest's unraisable hook (which replaces
+# ours during a test) as warnings; test_sample_from_a_damaged_step_... checks that a real
+# process prints none.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 @pytest.fixture
@@ -213,6 +217,20 @@ def test_training_resumes_from_the_newest_readable_checkpoint(
     ckpt.close()
 
 
+def test_sample_from_a_damaged_step_is_one_line_without_tracebacks(tiny_dit, tmp_path):
+    """In a fresh process: Orbax's leftover failed reads must not print tracebacks either."""
+    _, src, _ = tiny_dit
+    run = link_stages(src, tmp_path / "run", ("data", "tokenizer", "vae", "latents"))
+    shutil.copytree(src / "dit", run / "dit")
+    _truncate_arrays(run / "dit" / "checkpoints" / "40")
+    proc = subprocess.run(_ldlm("sample", "--run-dir", str(run), "--step", "40", "-n", "1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "never retrieved" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ldlm: error:")]
+    assert len(lines) == 1 and "step 40" in lines[0] and "--step 20" in lines[0], proc.stderr
+
+
 def test_every_checkpoint_damaged_is_one_clear_error(trained_tiny, tmp_path):
     cfg, run, hashes = _damaged_copy(trained_tiny, tmp_path / "run", _truncate_arrays,
                                      steps=(3, 6))
@@ -244,10 +262,11 @@ def test_a_second_trainer_on_the_same_run_stops_with_one_line(tiny_run, tmp_path
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while read_holder(lock).get("pid") != first.pid:
+        config = run / "vae" / "config.json"  # written once the first has resumed
+        while read_holder(lock).get("pid") != first.pid or not config.is_file():
             assert time.time() < deadline and first.poll() is None, "the first never started"
             time.sleep(0.1)
-        config_before = (run / "vae" / "config.json").read_bytes()
+        config_before = config.read_bytes()
         with pytest.raises(SystemExit) as exit_:
             main(["vae", "--preset", "tiny", "--run-dir", str(run),
                   "--set", "vae.latent_dim=32"])
@@ -257,7 +276,7 @@ def test_a_second_trainer_on_the_same_run_stops_with_one_line(tiny_run, tmp_path
         assert "Traceback" not in err and len(lines) == 1
         assert lines[0].startswith("ldlm: error: vae in ")
         assert f"being trained by pid {first.pid} on " in lines[0]
-        assert (run / "vae" / "config.json").read_bytes() == config_before
+        assert config.read_bytes() == config_before
     finally:
         first.kill()
         first.wait(timeout=30)
