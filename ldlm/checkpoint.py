@@ -108,9 +108,9 @@ class _FailedReadNoise(logging.Filter):
 
 def _quiet_failed_read_leftovers() -> None:
     """After one read of a damaged checkpoint fails, Orbax's other pending reads fail too,
-    after the error was handled: their coroutines are collected with their exceptions
-    unretrieved, and TensorStore completes some into Orbax's closed event loop. Python
-    reports each with a traceback (the unraisable hook, asyncio's logger), long after the
+    while and after the error is handled: their coroutines are collected with their
+    exceptions unretrieved, and TensorStore completes some into Orbax's closed event loop.
+    Python reports each with a traceback (the unraisable hook, asyncio's logger) around the
     one-line report. Silence exactly those; everything else still reaches the old hook."""
     previous = sys.unraisablehook
     if getattr(previous, "_ldlm_quiet", False):
@@ -153,12 +153,12 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta)))
 
     def _damaged(self, step: int, e: BaseException) -> CheckpointDamaged:
-        _quiet_failed_read_leftovers()
         reason = damage_reason(e)
         return CheckpointDamaged(f"the {self.stage} checkpoint at step {step} in "
                                  f"{self.directory} is damaged ({reason})", step, reason)
 
     def _read(self, step: int, read: Callable[[], T]) -> T:
+        _quiet_failed_read_leftovers()  # before: the leftovers race the error's handling
         try:
             return read()
         except (CheckpointMismatch, CheckpointDamaged):

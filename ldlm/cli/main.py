@@ -72,9 +72,11 @@ def run_stage(args: argparse.Namespace) -> None:
     import importlib
 
     from ldlm.distributed import initialize_from_env
+    from ldlm.rundir import setup_logging
     from ldlm.stages.choices import check_choices
 
-    initialize_from_env()
+    initialize_from_env()  # before anything touches jax
+    setup_logging()
     cfg = check_choices(load_experiment(args.exp, args.preset, args.overrides))
     run_dir = pathlib.Path(args.run_dir or f"runs/{pathlib.Path(args.exp).stem}_{args.preset}")
     module, function = STAGES[args.command][0].split(":")
@@ -85,7 +87,9 @@ def run_sample(args: argparse.Namespace) -> None:
     """Prints each sample, then the wall-clock time and generated tokens per second (VAE
     decoding included; the first call's compilation is timed separately)."""
     from ldlm.inference.generation import LatentDiffusionPipeline
+    from ldlm.rundir import setup_logging
 
+    setup_logging()  # warnings (a skipped damaged checkpoint) in the stages' format
     pipe = LatentDiffusionPipeline.from_pretrained(pathlib.Path(args.run_dir), step=args.step)
     kwargs = dict(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                   label=args.label, prompt=args.prompt, num_blocks=args.num_blocks,
@@ -106,7 +110,10 @@ def run_sample(args: argparse.Namespace) -> None:
 
 
 def run_notebooks(args: argparse.Namespace) -> None:
+    from ldlm.rundir import setup_logging
     from ldlm.stages.notebooks import run_notebooks as execute
+
+    setup_logging()
 
     for path in execute(args.run_dir, args.only):
         print(f"executed {path}")
@@ -114,9 +121,6 @@ def run_notebooks(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
-    from ldlm.rundir import setup_logging
-
-    setup_logging()  # warnings (a skipped damaged checkpoint) in the same format as stages
     command = {"sample": run_sample, "notebooks": run_notebooks}.get(args.command, run_stage)
     try:
         command(args)
