@@ -54,9 +54,11 @@ def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
 
 
 def real_rows(batch) -> Any:
-    """Bool_B: the rows of a batch that hold a block. Padding rows (the end of an evaluation
-    pass) have an all-False token mask; every block has at least one real token."""
-    return batch["mask"].any(-1)
+    """Bool_B: the rows of a batch that hold a block (or a window of blocks). Padding rows
+    (the end of an evaluation pass) have an all-False token mask; every block has at least
+    one real token."""
+    mask = batch["mask"]
+    return mask.reshape(mask.shape[0], -1).any(-1)
 
 
 def _empty_like(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -144,6 +144,62 @@ class LatentSource:
         return rec
 
 
+class LatentWindowSource:
+    """Windows of `blocks` consecutive VAE blocks of one document, for a prior over whole
+    windows of latents (the block-causal DiT).
+
+    One item per block of the split: the window that starts at it, so every block is seen at
+    every position of a window once an epoch. Item i: z (W x D normalised latents, W =
+    blocks x N; zeros past the document's end), latent_mask (W bool, True on real latents),
+    tokens / mask (blocks x L; all False past the end), label, doc_index and block_index (of
+    the first block).
+    """
+
+    def __init__(self, run_dir, role: str, blocks: int):
+        if blocks < 1:
+            raise ConfigError(f"a window holds at least one VAE block, not {blocks}")
+        meta = read_meta(run_dir)
+        path = split_path(run_dir, role)
+        if not path.is_file():
+            raise MissingStageError(f"{role} latents", path, "latents")
+        self._src = RecordSource(path, record_format(meta), "latents")
+        self.N, self.D, self.L = meta["num_latents"], meta["latent_dim"], meta["block_len"]
+        self.blocks = blocks
+        self._normaliser = LatentNormaliser.load(run_dir)
+        # records are in block order: a document's blocks are one run of records, and the
+        # window of record i ends at the first record of another document (or block gap)
+        head = [(int(r["doc_index"]), int(r["block_index"]))
+                for r in (self._src[i] for i in range(len(self._src)))]
+        self._stop = np.empty(len(head), np.int64)
+        stop = len(head)
+        for i in range(len(head) - 1, -1, -1):
+            if i + 1 < len(head) and head[i + 1] != (head[i][0], head[i][1] + 1):
+                stop = i + 1
+            self._stop[i] = stop
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def __getitem__(self, i):
+        i = int(i)
+        K, N = self.blocks, self.N
+        z = np.zeros((K * N, self.D), np.float32)
+        latent_mask = np.zeros((K * N,), bool)
+        tokens = np.zeros((K, self.L), np.int32)
+        mask = np.zeros((K, self.L), bool)
+        first = None
+        for k, r in enumerate(range(i, min(i + K, int(self._stop[i])))):
+            rec = self._src[r]
+            if first is None:
+                first = rec
+            z[k * N:(k + 1) * N] = self._normaliser.normalise(rec["z"])
+            latent_mask[k * N:(k + 1) * N] = True
+            tokens[k], mask[k] = rec["tokens"], rec["mask"]
+        return {"z": z, "latent_mask": latent_mask, "tokens": tokens, "mask": mask,
+                "label": first["label"], "doc_index": first["doc_index"],
+                "block_index": first["block_index"]}
+
+
 def latent_batches(cfg: Config, run_dir, mesh, role: str = "train", train: bool = True,
                    batch_size: int | None = None):
     """Global, mesh-sharded batches of `LatentSource` items (resumable when train)."""
