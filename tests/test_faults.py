@@ -337,12 +337,12 @@ def test_a_nan_batch_stops_naming_the_step_and_the_last_good_checkpoint(tiny_dit
         loop.train(cfg, run, task, mesh)
     ckpt = Checkpointer(run / "dit" / "checkpoints", stage="dit")
     assert ckpt.steps() == [4]
-    weights = ckpt.restore_weights(nnx_params(task, mesh), 4)
+    weights = ckpt.restore_weights(_fresh_params(task, mesh), 4)
     ckpt.close()
     assert all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(weights))
 
 
-def nnx_params(task, mesh):
+def _fresh_params(task, mesh):
     _, params = loop.build_model(task, mesh, 0)
     return params
 

@@ -100,6 +100,16 @@ def record_format(meta: dict) -> RecordFormat:
     return RecordFormat(meta["block_len"], (meta["num_latents"], meta["latent_dim"]))
 
 
+def _open_cache(run_dir, role: str) -> tuple[RecordSource, dict, LatentNormaliser]:
+    """(records, meta, normaliser) of one split of the latent cache."""
+    meta = read_meta(run_dir)
+    path = split_path(run_dir, role)
+    if not path.is_file():
+        raise MissingStageError(f"{role} latents", path, "latents")
+    return RecordSource(path, record_format(meta), "latents"), meta, \
+        LatentNormaliser.load(run_dir)
+
+
 class LatentSource:
     """Random access to normalised block latents with their document neighbours.
 
@@ -110,13 +120,8 @@ class LatentSource:
     """
 
     def __init__(self, run_dir, role: str):
-        meta = read_meta(run_dir)
-        path = split_path(run_dir, role)
-        if not path.is_file():
-            raise MissingStageError(f"{role} latents", path, "latents")
-        self._src = RecordSource(path, record_format(meta), "latents")
+        self._src, meta, self._normaliser = _open_cache(run_dir, role)
         self.N, self.D = meta["num_latents"], meta["latent_dim"]
-        self._normaliser = LatentNormaliser.load(run_dir)
 
     def __len__(self) -> int:
         return len(self._src)
@@ -158,14 +163,9 @@ class LatentWindowSource:
     def __init__(self, run_dir, role: str, blocks: int):
         if blocks < 1:
             raise ConfigError(f"a window holds at least one VAE block, not {blocks}")
-        meta = read_meta(run_dir)
-        path = split_path(run_dir, role)
-        if not path.is_file():
-            raise MissingStageError(f"{role} latents", path, "latents")
-        self._src = RecordSource(path, record_format(meta), "latents")
+        self._src, meta, self._normaliser = _open_cache(run_dir, role)
         self.N, self.D, self.L = meta["num_latents"], meta["latent_dim"], meta["block_len"]
         self.blocks = blocks
-        self._normaliser = LatentNormaliser.load(run_dir)
         # records are in block order: a document's blocks are one run of records, and the
         # window of record i ends at the first record of another document (or block gap)
         head = [(int(r["doc_index"]), int(r["block_index"]))
