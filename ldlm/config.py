@@ -116,6 +116,12 @@ class DiTConfig:
     self_cond_prob: float = 0.5  # self-conditioning: previous x0 estimate fed back
     label_dropout: float = 0.1  # class label replaced by the null label (for guidance)
     context_dropout: float = 0.5  # each neighbouring block's latents dropped with this prob
+    # block-causal prior over windows of `window` consecutive VAE blocks of a document (0:
+    # the prior over one block at a time, with `use_context`): diffusion blocks of
+    # `block_size` latents, each conditioned on the clean blocks before it (ldlm/models/
+    # block_causal.py); block_size must divide window x vae.num_latents
+    window: int = 0
+    block_size: int = 0
     use_context: bool = True  # condition on the previous / next block of the document
     context_pool: int = 4  # neighbour latents merged into one context token (1 = keep all N)
     # weight of the frozen VAE decoder's token cross-entropy on the clean estimate (x alpha^2)
@@ -274,6 +280,17 @@ class Config:
             raise ConfigError(f"dit.snr_scale={t.snr_scale} must be > 0")
         if t.token_loss_weight < 0:
             raise ConfigError(f"dit.token_loss_weight={t.token_loss_weight} must be >= 0")
+        if t.window < 0:
+            raise ConfigError(f"dit.window={t.window} must be >= 0 (0: one block at a time)")
+        if t.window:
+            W = t.window * v.num_latents
+            if t.block_size < 1 or W % t.block_size:
+                raise ConfigError(f"dit.block_size={t.block_size} must divide the window of "
+                                  f"{W} latents (dit.window={t.window} x vae.num_latents="
+                                  f"{v.num_latents})")
+            if t.token_loss_weight > 0:
+                raise ConfigError("dit.token_loss_weight is not supported by the "
+                                  "block-causal prior (dit.window > 0); set it to 0")
         ev = self.eval
         for key, budgets in (("dit.sample_steps", t.sample_steps), ("eval.steps", ev.steps),
                              ("eval.guidance_steps", (ev.guidance_steps,))):

@@ -27,6 +27,15 @@ def link_stages(src_run, dst_run, stages=("data", "tokenizer")):
     return dst_run
 
 
+def randomize(model, seed=1):
+    """Non-zero values in every parameter (the zero-initialised ones included)."""
+    graphdef, state = nnx.split(model)
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    leaves = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
 def fit(model, loss_fn, steps: int, lr: float):
     """Adam on `loss_fn(model, rng, i) -> (loss, metrics)` for `steps` steps (each step's
     randomness from PRNGKey(i)); returns the trained model."""

@@ -22,7 +22,7 @@ from ldlm.train.dit import (decoder_token_scores, dit_loss, frozen_decoder,
 from ldlm.diffusion import samplers
 from ldlm.train.loop import batch_counts, replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
-from tests.helpers import assert_trees_close, fit
+from tests.helpers import assert_trees_close, fit, randomize
 
 CFG = DiTConfig(width=64, heads=2, mlp_dim=128, layers=2)
 
@@ -31,15 +31,6 @@ def _dit(cfg=CFG, N=4, D=8, classes=3, seed=0):
     mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     with jax.set_mesh(mesh), nnx.logical_axis_rules(PARAM_RULES):
         return DiT(cfg, N, D, classes, rngs=nnx.Rngs(params=seed))
-
-
-def _randomize(model, seed=1):
-    """Non-zero values in every parameter (the zero-initialised ones included)."""
-    graphdef, state = nnx.split(model)
-    leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    leaves = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
 
 
 def test_residual_branches_are_exactly_zero_at_init():
@@ -61,7 +52,7 @@ def _inputs(seed=0, B=3, N=4, D=8):
 
 
 def test_dropping_a_conditioning_input_removes_only_its_contribution():
-    model = _randomize(_dit())
+    model = randomize(_dit())
     z, t, prev, nxt = _inputs()
     yes, no = jnp.ones(3, bool), jnp.zeros(3, bool)
     label = jnp.array([0, 1, 2])

@@ -203,8 +203,20 @@ class LatentWindowSource:
 def latent_batches(cfg: Config, run_dir, mesh, role: str = "train", train: bool = True,
                    batch_size: int | None = None):
     """Global, mesh-sharded batches of `LatentSource` items (resumable when train)."""
+    return _batches(cfg, LatentSource(run_dir, role), mesh, train, batch_size)
+
+
+def _batches(cfg: Config, source, mesh, train: bool, batch_size: int | None):
     batch_size = batch_size or cfg.data.batch_size
     batches.local_batch_size(batch_size, mesh)
-    ds = batches.make_dataset(LatentSource(run_dir, role), batch_size=batch_size, train=train,
+    ds = batches.make_dataset(source, batch_size=batch_size, train=train,
                               seed=cfg.data.shuffle_seed)
     return batches.GlobalBatches(ds, mesh)
+
+
+def window_batches(cfg: Config, run_dir, mesh, role: str = "train", train: bool = True,
+                   batch_size: int | None = None):
+    """Global, mesh-sharded batches of `LatentWindowSource` items of `dit.window` VAE blocks
+    (resumable when train)."""
+    return _batches(cfg, LatentWindowSource(run_dir, role, cfg.dit.window), mesh, train,
+                    batch_size)

@@ -34,9 +34,11 @@ from ldlm.data import latents as latents_lib
 from ldlm.data.tokenizer import EOS_ID, through_eos
 from ldlm.diffusion import samplers, schedules
 from ldlm.errors import LdlmError, MissingStageError
+from ldlm.inference import block_sampling
 from ldlm.inference.textvae import TextVAE
 from ldlm.loading import load_stage_model, stage_config
-from ldlm.models.dit import build_dit
+from ldlm.models.block_causal import BlockCausalDiT
+from ldlm.models.prior import build_prior
 
 
 class PipelineError(LdlmError):
@@ -71,6 +73,7 @@ class LatentDiffusionPipeline:
         self._null = dit.null_label
         self._normaliser = vae.normaliser
         self._graphdef, self._params = nnx.split(dit)
+        self._block_causal = dit if isinstance(dit, BlockCausalDiT) else None
         self._predict = None
         self._jitted: dict = {}
 
@@ -84,41 +87,82 @@ class LatentDiffusionPipeline:
         meta = latents_lib.read_meta(run_dir)
         names = meta["label_names"]
         dit = load_stage_model(
-            run_dir, "dit", build_dit(cfg, meta["num_latents"], meta["latent_dim"],
-                                      max(1, len(names))),
+            run_dir, "dit", build_prior(cfg, meta["num_latents"], meta["latent_dim"],
+                                        max(1, len(names))),
             cfg.dit_train, step=step, ema=ema)
         return cls(cfg, dit, TextVAE.from_run(run_dir), names)
 
     @property
     def has_context(self) -> bool:
+        """Can it continue a text? (the per-block DiT with neighbour context, or a
+        block-causal prior that keeps history)"""
+        if self._block_causal is not None:
+            return self._block_causal.cache_slots > 0
         return self.cfg.dit.use_context
+
+    @property
+    def is_block_causal(self) -> bool:
+        return self._block_causal is not None
 
     # ------------------------------------------------------------------ public API
     def generate(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
                  guidance: float = 1.0, label: str | Sequence[str] | None = None,
-                 prompt: str | None = None, num_blocks: int = 1, seed: int = 0,
-                 eta: float = 0.0, grid: str = "uniform",
-                 temperature: float = 1.0) -> list[str]:
-        """n texts of `num_blocks` blocks each (fewer where a sample ends with EOS). With a
-        prompt, the texts continue it (the prompt itself is not repeated)."""
+                 prompt: str | Sequence[str] | None = None, num_blocks: int = 1,
+                 max_tokens: int | None = None, seed: int = 0, eta: float = 0.0,
+                 grid: str = "uniform", temperature: float = 1.0) -> list[str]:
+        """n texts of `num_blocks` VAE blocks each, or of `max_tokens` tokens (fewer where a
+        sample ends with EOS). With a prompt (one for all, or one per sample), the texts
+        continue it (the prompt itself is not repeated)."""
         tokens = self.generate_tokens(n=n, steps=steps, sampler=sampler, guidance=guidance,
                                       label=label, prompt=prompt, num_blocks=num_blocks,
-                                      seed=seed, eta=eta, grid=grid,
+                                      max_tokens=max_tokens, seed=seed, eta=eta, grid=grid,
                                       temperature=temperature)
         return [self.vae.tokenizer.decode(t) for t in tokens]
 
     def generate_tokens(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
-                        guidance: float = 1.0, label=None, prompt: str | None = None,
-                        num_blocks: int = 1, seed: int = 0, eta: float = 0.0,
+                        guidance: float = 1.0, label=None,
+                        prompt: str | Sequence[str] | None = None, num_blocks: int = 1,
+                        max_tokens: int | None = None, seed: int = 0, eta: float = 0.0,
                         grid: str = "uniform", temperature: float = 1.0) -> list[list[int]]:
         """`generate` as token ids (through the first EOS, where a sample has one)."""
+        if max_tokens is not None:
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or \
+                    max_tokens < 1:
+                raise PipelineError(f"max_tokens must be a positive integer, got "
+                                    f"{max_tokens!r}")
+            num_blocks = -(-max_tokens // self.vae.block_len)
         self._check(n=n, steps=steps, sampler=sampler, grid=grid, num_blocks=num_blocks,
                     temperature=temperature)
         labels = self._labels(label, n)
+        prompts = self._prompts(prompt, n)
+        if self.is_block_causal:
+            tokens = self._generate_windows(n, steps, sampler, guidance, labels, prompts,
+                                            num_blocks, seed, eta, grid, temperature)
+        else:
+            tokens = self._generate_blocks(n, steps, sampler, guidance, labels, prompts,
+                                           num_blocks, seed, eta, grid, temperature)
+        return [t[:max_tokens] for t in tokens] if max_tokens is not None else tokens
+
+    def _prompts(self, prompt, n: int) -> list[str] | None:
+        if prompt is None:
+            return None
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != n:
+            raise PipelineError(f"got {len(prompts)} prompts for n={n} samples")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise PipelineError("the prompt text is empty" if isinstance(prompt, str)
+                                    else f"prompt {i} is empty")
+        self._need_context("continuing a prompt")
+        return prompts
+
+    def _generate_blocks(self, n, steps, sampler, guidance, labels, prompts, num_blocks,
+                         seed, eta, grid, temperature) -> list[list[int]]:
+        """The per-block DiT: block after block, each seeing the previous one as context."""
         ctx = _Context.empty(n, self.N, self.D)
-        if prompt is not None:
-            self._need_context("continuing a prompt")
-            ctx.prev_BxNxD[:] = self._last_block(prompt, "prompt")
+        if prompts is not None:
+            for i, p in enumerate(prompts):
+                ctx.prev_BxNxD[i] = self._last_block(p, "prompt")
             ctx.has_prev_B[:] = True
         key = jax.random.PRNGKey(seed)
         tokens = [[] for _ in range(n)]
@@ -134,6 +178,77 @@ class LatentDiffusionPipeline:
                 break
             ctx.prev_BxNxD[:], ctx.has_prev_B[:] = z, True
         return tokens
+
+    def _generate_windows(self, n, steps, sampler, guidance, labels, prompts, num_blocks,
+                          seed, eta, grid, temperature) -> list[list[int]]:
+        """The block-causal prior: diffusion block after diffusion block against a KV cache
+        of the clean history (the prompt's latents first); each VAE block is decoded as
+        soon as its latents are complete, and a sample stops at EOS."""
+        model = self._block_causal
+        G, N = model.G, self.N
+        guided = self._guided(labels, guidance)
+        cache = model.empty_cache(2 * n if guided else n)
+        key = jax.random.PRNGKey(seed)
+        pos = 0
+        if prompts is not None:
+            cache, pos = self._commit_prompts(cache, prompts, labels, guided)
+        fn = self._jitted_fn(("window", sampler, grid, guided), lambda: jax.jit(
+            block_sampling.block_denoiser(self._graphdef, self.cfg.dit, sampler, grid,
+                                          guided)))
+        tokens = [[] for _ in range(n)]
+        done = np.zeros(n, bool)
+        pending = np.zeros((n, 0, self.D), np.float32)  # latents of an unfinished VAE block
+        written = 0  # VAE blocks decoded
+        for b in range(-(-num_blocks * N // G)):
+            k = jax.random.fold_in(key, b)
+            z_T = temperature * jax.random.normal(k, (n, G, self.D))
+            z, cache = fn(self._params, cache, jnp.int32(pos), z_T, jax.random.fold_in(k, 1),
+                          jnp.asarray(labels), jnp.float32(guidance), jnp.int32(steps),
+                          jnp.float32(eta), jnp.float32(temperature))
+            pos += G
+            pending = np.concatenate([pending, np.asarray(z)], axis=1)
+            while pending.shape[1] >= N and written < num_blocks:
+                for i, ids in enumerate(self._block_tokens(pending[:, :N])):
+                    if not done[i]:
+                        tokens[i].extend(ids)
+                        done[i] = EOS_ID in ids
+                pending, written = pending[:, N:], written + 1
+            if done.all() or written == num_blocks:
+                break
+        return tokens
+
+    def _commit_prompts(self, cache, prompts, labels, guided):
+        """The prompts' latents committed into the cache, right-aligned: each row's prompt
+        ends at the same position (rows with shorter prompts have empty slots before
+        theirs), so generation continues every row at one position. Returns (cache, the
+        position after the prompts)."""
+        model = self._block_causal
+        G = model.G
+        rows = [self._encode_blocks(p, "prompt", eos=False).reshape(-1, self.D)
+                for p in prompts]
+        longest = max(len(r) for r in rows)
+        if longest > model.cache_slots:
+            raise PipelineError(
+                f"the prompt takes {longest} latents ({longest // self.N} VAE blocks); this "
+                f"prior's history holds {model.cache_slots} (its window less one diffusion "
+                "block): shorten the prompt")
+        P = -(-longest // G) * G
+        x0 = np.zeros((len(rows), P, self.D), np.float32)
+        valid = np.zeros((len(rows), P), bool)
+        for i, r in enumerate(rows):
+            x0[i, P - len(r):], valid[i, P - len(r):] = r, True
+        fn = self._jitted_fn(("commit", guided), lambda: jax.jit(
+            block_sampling.committer(self._graphdef, guided)))
+        for start in range(0, P, G):
+            cache = fn(self._params, cache, jnp.asarray(x0[:, start:start + G]),
+                       jnp.asarray(valid[:, start:start + G]), jnp.int32(start),
+                       jnp.asarray(labels))
+        return cache, P
+
+    def _jitted_fn(self, cache_key, make):
+        if cache_key not in self._jitted:
+            self._jitted[cache_key] = make()
+        return self._jitted[cache_key]
 
     def infill(self, before: str, after: str, n: int = 1, steps: int = 16,
                sampler: str = "dpm++", guidance: float = 1.0, label=None, seed: int = 0,
@@ -329,10 +444,18 @@ class LatentDiffusionPipeline:
             raise PipelineError(f"n must be a positive integer, got {n!r}")
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
             raise PipelineError(f"num_blocks must be a positive integer, got {num_blocks!r}")
-        if num_blocks > 1 and not self.has_context:
-            self._need_context("generating more than one block")
+        one_window = self.is_block_causal and num_blocks * self.N <= self._block_causal.W
+        if num_blocks > 1 and not self.has_context and not one_window:
+            self._need_context(f"generating more than "
+                               f"{self._block_causal.W // self.N if self.is_block_causal else 1}"
+                               " block(s)")
 
     def _need_context(self, what: str) -> None:
+        if not self.has_context and self.is_block_causal:
+            raise PipelineError(
+                f"{what} needs a block-causal prior that keeps history; this run's "
+                f"dit.block_size is its whole window ({self._block_causal.W} latents): "
+                "retrain with a smaller dit.block_size")
         if not self.has_context:
             raise PipelineError(
                 f"{what} needs a DiT trained with neighbouring-block context; this run was "

@@ -10,9 +10,17 @@ this equals W/G separate passes, one per block, with the same times and noise.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ldlm.config import Config, DiTConfig
 from ldlm.errors import ConfigError
+from ldlm.models import layers
+from ldlm.models.dit import DiTBlock, modulate, timestep_embedding
 
 
 def diffusion_blocks(window: int, block_size: int) -> np.ndarray:
@@ -31,3 +39,175 @@ def two_stream_mask(window: int, block_size: int) -> np.ndarray:
     noisy_noisy = b[:, None] == b[None, :]
     clean_noisy = np.zeros_like(clean_clean)
     return np.block([[clean_clean, clean_noisy], [noisy_clean, noisy_noisy]])
+
+
+def window_latents(cfg: DiTConfig, num_latents: int) -> int:
+    """W: the latents of a training window (dit.window VAE blocks of num_latents each)."""
+    return cfg.window * num_latents
+
+
+class KVCache(NamedTuple):
+    """The clean history of block-by-block sampling, right-aligned: the newest committed
+    latent in the last slot. k / v: layers x B x C x H x K per layer stacked (C = W - G
+    slots: the most history a training block ever saw), valid_BxC: True on real latents."""
+
+    k: jax.Array
+    v: jax.Array
+    valid_BxC: jax.Array
+
+
+class BlockCausalDiT(nnx.Module):
+    """A DiT over a window of W latents in diffusion blocks of G latents, block-causal.
+
+    Training (`__call__`): one pass over [clean window | noisy window] (2W tokens) with
+    `two_stream_mask`; RoPE positions 0..W-1 for both streams; every position is modulated
+    (adaLN-Zero) by its own block's diffusion time plus the class; the clean stream carries
+    time 0 and a learned stream embedding. Output on the noisy half, BxWxD.
+
+    Sampling (`commit`, `denoise`): the clean stream of a committed block is run once and its
+    keys and values per layer appended to a `KVCache`; each denoising step runs only the G
+    noisy positions of the next block against the cache. Rope is relative, so positions
+    keep counting past W while the cache rolls (its oldest block drops out).
+
+    Shape letters: B batch, W window latents, G block latents, C cache slots, D latent
+    width, E model width.
+    """
+
+    def __init__(self, cfg: DiTConfig, num_latents: int, latent_dim: int, num_classes: int,
+                 *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
+        E = cfg.width
+        self.cfg, self.remat, self.dtype = cfg, remat, dtype
+        self.N, self.D, self.num_classes = num_latents, latent_dim, num_classes
+        self.W, self.G = window_latents(cfg, num_latents), cfg.block_size
+        diffusion_blocks(self.W, self.G)  # ConfigError unless G divides W
+        self.in_proj = layers.Dense(2 * latent_dim, E, rngs=rngs, names=("latent", "embed"),
+                                    use_bias=True, dtype=dtype)
+        # row 0: the clean history stream, row 1: the noisy stream
+        self.stream = layers.param(rngs, layers.normal(0.02), (2, E), (None, "embed"))
+        self.time_mlp1 = layers.Dense(E, E, rngs=rngs, names=("embed", "mlp"), use_bias=True,
+                                      dtype=dtype)
+        self.time_mlp2 = layers.Dense(E, E, rngs=rngs, names=("mlp", "embed"), use_bias=True,
+                                      dtype=dtype)
+        self.class_embed = layers.param(rngs, layers.normal(0.02), (num_classes + 1, E),
+                                        (None, "embed"))
+        self.blocks = nnx.List([DiTBlock(E, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
+                                for _ in range(cfg.layers)])
+        self.final_ada = layers.Dense(E, 2 * E, rngs=rngs, names=("embed", "mlp"),
+                                      use_bias=True, init=nnx.initializers.zeros_init(),
+                                      dtype=dtype)
+        self.out_proj = layers.Dense(E, latent_dim, rngs=rngs, names=("embed", "latent"),
+                                     use_bias=True, init=nnx.initializers.zeros_init(),
+                                     dtype=dtype)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    @property
+    def cache_slots(self) -> int:
+        return self.W - self.G
+
+    # ------------------------------------------------------------------ pieces
+    def _tokens(self, z_BxTxD, self_cond_BxTxD, stream: int):
+        x = self.in_proj(jnp.concatenate([z_BxTxD, self_cond_BxTxD], -1))
+        return x + self.stream[...][stream].astype(x.dtype)[None, None, :]
+
+    def _condition(self, t_BxT, label_B):
+        """c_BxTxE: time embedding of each position's time plus the class embedding."""
+        B, T = t_BxT.shape
+        temb = timestep_embedding(t_BxT.reshape(-1), self.cfg.width).reshape(B, T, -1)
+        c = self.time_mlp2(jax.nn.silu(self.time_mlp1(temb)))
+        return c + jnp.take(self.class_embed[...], label_B, axis=0).astype(c.dtype)[:, None, :]
+
+    def _out(self, x_BxTxE, c_BxTxE):
+        shift, scale = jnp.split(self.final_ada(jax.nn.silu(c_BxTxE)).astype(x_BxTxE.dtype), 2,
+                                 axis=-1)
+        return self.out_proj(modulate(layers.rms_normalize(x_BxTxE), shift, scale)).astype(
+            jnp.float32)
+
+    def _labels(self, label_B, B: int):
+        return jnp.full((B,), self.null_label, jnp.int32) if label_B is None else label_B
+
+    # ------------------------------------------------------------------ training pass
+    def __call__(self, x0_BxWxD, z_BxWxD, t_BxW, *, self_cond_BxWxD=None, label_B=None,
+                 latent_mask_BxW=None):
+        """The network output (eps, x0 or v per config) on the noisy window, BxWxD: block b
+        of z denoised given the clean blocks < b of x0. t_BxW: each position's time (one per
+        diffusion block); latent_mask_BxW: False past the document's end (hidden as keys)."""
+        B, W, _ = z_BxWxD.shape
+        if self_cond_BxWxD is None:
+            self_cond_BxWxD = jnp.zeros_like(z_BxWxD)
+        if latent_mask_BxW is None:
+            latent_mask_BxW = jnp.ones((B, W), bool)
+        label_B = self._labels(label_B, B)
+        x = jnp.concatenate([self._tokens(x0_BxWxD, jnp.zeros_like(x0_BxWxD), 0),
+                             self._tokens(z_BxWxD, self_cond_BxWxD, 1)], axis=1)
+        c = self._condition(jnp.concatenate([jnp.zeros_like(t_BxW), t_BxW], axis=1), label_B)
+        keys_B2W = jnp.concatenate([latent_mask_BxW, latent_mask_BxW], axis=1)
+        mask = jnp.asarray(two_stream_mask(W, self.G))[None] & keys_B2W[:, None, :]
+        positions = jnp.concatenate([jnp.arange(W), jnp.arange(W)])
+        for block in self.blocks:
+            x = layers.call_block(block, self.remat, x, c, mask, positions)
+        return self._out(x[:, W:], c[:, W:])
+
+    # ------------------------------------------------------------------ sampling with a cache
+    def empty_cache(self, B: int, dtype=jnp.float32) -> KVCache:
+        E, H = self.cfg.width, self.cfg.heads
+        shape = (len(self.blocks), B, self.cache_slots, H, E // H)
+        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                       jnp.zeros((B, self.cache_slots), bool))
+
+    def _with_cache(self, x_BxGxE, c_BxGxE, cache: KVCache, pos0, own_mask_BxGxG):
+        """Every layer with the G positions attending to the cache and to each other;
+        returns (x, keys and values of the G positions, layers x B x G x H x K)."""
+        positions = pos0 + jnp.arange(x_BxGxE.shape[1])
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            x_BxGxE, k, v = block.with_prefix(x_BxGxE, c_BxGxE, positions, cache.k[i],
+                                              cache.v[i], cache.valid_BxC, own_mask_BxGxG)
+            ks.append(k)
+            vs.append(v)
+        return x_BxGxE, jnp.stack(ks), jnp.stack(vs)
+
+    def denoise(self, cache: KVCache, z_BxGxD, t_B, pos0, *, self_cond_BxGxD=None,
+                label_B=None, valid_BxG=None):
+        """The network output on the next block (positions pos0 .. pos0 + G - 1) at time t
+        given the committed history in `cache`, BxGxD (valid_BxG: False past a document's
+        end, hidden as keys as in training)."""
+        B, G, _ = z_BxGxD.shape
+        if self_cond_BxGxD is None:
+            self_cond_BxGxD = jnp.zeros_like(z_BxGxD)
+        if valid_BxG is None:
+            valid_BxG = jnp.ones((B, G), bool)
+        c = self._condition(jnp.broadcast_to(t_B[:, None], (B, G)), self._labels(label_B, B))
+        x = self._tokens(z_BxGxD, self_cond_BxGxD, 1)
+        x, _, _ = self._with_cache(x, c, cache, pos0,
+                                   jnp.broadcast_to(valid_BxG[:, None, :], (B, G, G)))
+        return self._out(x, c)
+
+    def commit(self, cache: KVCache, x0_BxGxD, pos0, *, valid_BxG=None,
+               label_B=None) -> KVCache:
+        """The cache with the clean block x0 (positions pos0 ..) appended: its clean-stream
+        keys and values per layer, the oldest G slots dropped. valid_BxG: False on slots
+        holding no latent (a prompt shorter than others in its batch)."""
+        B, G, _ = x0_BxGxD.shape
+        if valid_BxG is None:
+            valid_BxG = jnp.ones((B, G), bool)
+        c = self._condition(jnp.zeros((B, G)), self._labels(label_B, B))
+        x = self._tokens(x0_BxGxD, jnp.zeros_like(x0_BxGxD), 0)
+        _, k, v = self._with_cache(x, c, cache, pos0,
+                                   jnp.broadcast_to(valid_BxG[:, None, :], (B, G, G)))
+
+        def roll(old, new, axis):
+            return jnp.concatenate([old, new.astype(old.dtype)], axis=axis)[
+                (slice(None),) * axis + (slice(G, None),)]
+
+        return KVCache(roll(cache.k, k, 2), roll(cache.v, v, 2),
+                       roll(cache.valid_BxC, valid_BxG, 1))
+
+
+def build_block_causal(cfg: Config, num_latents: int, latent_dim: int, num_classes: int):
+    """rngs -> BlockCausalDiT of a run's config (compute dtype and remat from `dit_train`)."""
+    dtype = layers.compute_dtype(cfg.dit_train.compute_dtype)
+    return lambda rngs: BlockCausalDiT(cfg.dit, num_latents, latent_dim, num_classes,
+                                       rngs=rngs, dtype=dtype, remat=cfg.dit_train.remat)

@@ -39,8 +39,15 @@ def timestep_embedding(t_B, dim: int, max_period: float = 10_000.0):
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def modulate(x_BxTxW, shift_BxW, scale_BxW):
-    return x_BxTxW * (1 + scale_BxW[:, None, :]) + shift_BxW[:, None, :]
+def per_position(v):
+    """A modulation vector BxW (the same for every position) as BxTxW-broadcastable, or a
+    per-position one BxTxW as it is."""
+    return v if v.ndim == 3 else v[:, None, :]
+
+
+def modulate(x_BxTxW, shift, scale):
+    """adaLN modulation; shift / scale BxW (one per sequence) or BxTxW (per position)."""
+    return x_BxTxW * (1 + per_position(scale)) + per_position(shift)
 
 
 def _zeros():
@@ -55,14 +62,31 @@ class DiTBlock(nnx.Module):
         self.ada = layers.Dense(width, 6 * width, rngs=rngs, names=("embed", "mlp"),
                                 use_bias=True, init=_zeros(), dtype=dtype)
 
-    def __call__(self, x_BxTxW, c_BxW, mask_BxTxT):
-        mods = jnp.split(self.ada(jax.nn.silu(c_BxW)).astype(x_BxTxW.dtype), 6, axis=-1)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+    def _mods(self, c, dtype):
+        return jnp.split(self.ada(jax.nn.silu(c)).astype(dtype), 6, axis=-1)
+
+    def _mlp_branch(self, x, shift, scale, gate):
+        h = modulate(layers.rms_normalize(x), shift, scale)
+        return x + per_position(gate) * self.mlp(h).astype(x.dtype)
+
+    def __call__(self, x_BxTxW, c, mask_BxTxT, positions_T=None):
+        """c: BxW (one condition for the sequence) or BxTxW (one per position)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self._mods(c, x_BxTxW.dtype)
         h = modulate(layers.rms_normalize(x_BxTxW), shift1, scale1)
-        x = x_BxTxW + gate1[:, None, :] * self.attn(h, mask_BxTxT=mask_BxTxT).astype(
-            x_BxTxW.dtype)
-        h = modulate(layers.rms_normalize(x), shift2, scale2)
-        return x + gate2[:, None, :] * self.mlp(h).astype(x.dtype)
+        x = x_BxTxW + per_position(gate1) * self.attn(
+            h, positions_T=positions_T, mask_BxTxT=mask_BxTxT).astype(x_BxTxW.dtype)
+        return self._mlp_branch(x, shift2, scale2, gate2)
+
+    def with_prefix(self, x_BxTxW, c, positions_T, prefix_k, prefix_v, prefix_mask_BxS,
+                    mask_BxTxT):
+        """The block with x also attending to cached keys / values (layers.Attention.
+        with_prefix); returns (x, x's keys, x's values)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self._mods(c, x_BxTxW.dtype)
+        h = modulate(layers.rms_normalize(x_BxTxW), shift1, scale1)
+        a, k, v = self.attn.with_prefix(h, positions_T, prefix_k, prefix_v, prefix_mask_BxS,
+                                        mask_BxTxT)
+        x = x_BxTxW + per_position(gate1) * a.astype(x_BxTxW.dtype)
+        return self._mlp_branch(x, shift2, scale2, gate2), k, v
 
 
 class DiT(nnx.Module):

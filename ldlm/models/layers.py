@@ -143,6 +143,20 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x_BxTxD, positions_T)
         return self._attend(q, k, v, mask_BxTxT)
 
+    def with_prefix(self, x_BxTxD, positions_T, prefix_k_BxSxHxK, prefix_v_BxSxHxK,
+                    prefix_mask_BxS, mask_BxTxT):
+        """x's T positions attend to S cached keys / values (where prefix_mask) and to each
+        other (where mask_BxTxT); returns (output BxTxD, x's keys, x's values BxTxHxK), the
+        keys already rotated to `positions_T` (what a cache stores)."""
+        q, k, v = self._qkv(x_BxTxD, positions_T)
+        B, T = x_BxTxD.shape[:2]
+        S = prefix_k_BxSxHxK.shape[1]
+        keys = jnp.concatenate([prefix_k_BxSxHxK.astype(k.dtype), k], axis=1)
+        values = jnp.concatenate([prefix_v_BxSxHxK.astype(v.dtype), v], axis=1)
+        mask = jnp.concatenate([jnp.broadcast_to(prefix_mask_BxS[:, None, :], (B, T, S)),
+                                mask_BxTxT], axis=-1)
+        return self._attend(q, keys, values, mask), k, v
+
     def decode_step(self, x_Bx1xD, cache: dict, pos):
         """One new position `pos` (traced int) attending to the cached keys / values of
         positions <= pos; returns (output Bx1xD, cache with this position written).

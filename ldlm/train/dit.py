@@ -21,7 +21,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -35,12 +34,16 @@ from ldlm.diffusion import schedules
 from ldlm.errors import ConfigError
 from ldlm.loading import load_stage_model, stage_config
 from ldlm.mesh import make_mesh, to_host
-from ldlm.models.dit import DiT, build_dit
+from ldlm.models.dit import DiT
+from ldlm.models.prior import build_prior, is_block_causal
 from ldlm.models.vae import build_vae
+from ldlm.train.block_causal import block_causal_loss
+from ldlm.train.decoder_scores import decoder_token_scores
 from ldlm.train.loop import Task, TrainResult, train
 
 STAGE = "dit"
-ARCHITECTURE = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool")
+ARCHITECTURE = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool", "window",
+                "block_size")
 
 
 def conditioning(batch, model: DiT, cfg: DiTConfig, rng, train: bool) -> dict:
@@ -59,17 +62,6 @@ def conditioning(batch, model: DiT, cfg: DiTConfig, rng, train: bool) -> dict:
         has_next = has_next & ~jax.random.bernoulli(k_next, cfg.context_dropout, (B,))
     return {"label_B": label, "prev_BxNxD": batch["prev"], "has_prev_B": has_prev,
             "next_BxNxD": batch["next"], "has_next_B": has_next}
-
-
-def decoder_token_scores(decode, z_BxNxD, tokens_BxL, mask_BxL):
-    """Per-example token cross-entropy and accuracy (over real tokens) of decoding the
-    un-normalised latents z with `decode(z) -> (logits_BxLxV, real_BxL)`."""
-    logits, _ = decode(z_BxNxD)
-    maskf = mask_BxL.astype(jnp.float32)
-    n_B = jnp.maximum(maskf.sum(-1), 1.0)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens_BxL)
-    hit = (jnp.argmax(logits, -1) == tokens_BxL).astype(jnp.float32)
-    return (ce * maskf).sum(-1) / n_B, (hit * maskf).sum(-1) / n_B
 
 
 def dit_loss(model: DiT, batch, rng, step, train: bool, *, counts: dict, cfg: DiTConfig,
@@ -152,16 +144,19 @@ def dit_task(cfg: Config, run_dir, mesh, hook: Callable | None = None,
     label_names = meta["label_names"]
     decoder_graphdef, frozen = frozen_decoder(run_dir, mesh, vae_model)
 
+    # the block-causal prior learns from windows of blocks, the per-block DiT from blocks
+    loss, batches = (block_causal_loss, latents_lib.window_batches) if is_block_causal(cfg) \
+        else (dit_loss, latents_lib.latent_batches)
+
     def loss_fn(model, batch, rng, step, train, *, counts, frozen=None):
-        return dit_loss(model, batch, rng, step, train, counts=counts, cfg=cfg.dit,
-                        decoder_graphdef=decoder_graphdef, frozen=frozen)
+        return loss(model, batch, rng, step, train, counts=counts, cfg=cfg.dit,
+                    decoder_graphdef=decoder_graphdef, frozen=frozen)
 
     return Task(
         stage=STAGE, train_cfg=cfg.dit_train,
-        build_model=build_dit(cfg, N, D, max(1, len(label_names))), loss_fn=loss_fn,
-        train_batches=latents_lib.latent_batches(cfg, run_dir, mesh),
-        eval_batches=lambda: latents_lib.latent_batches(cfg, run_dir, mesh, "validation",
-                                                        train=False),
+        build_model=build_prior(cfg, N, D, max(1, len(label_names))), loss_fn=loss_fn,
+        train_batches=batches(cfg, run_dir, mesh),
+        eval_batches=lambda: batches(cfg, run_dir, mesh, "validation", train=False),
         must_match={**{f"dit.{k}": getattr(cfg.dit, k) for k in ARCHITECTURE},
                     "num_latents": N, "latent_dim": D, "num_classes": len(label_names)},
         hook=hook, hook_every=cfg.dit.sample_every, frozen=frozen)

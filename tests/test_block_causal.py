@@ -1,0 +1,240 @@
+"""The block-causal prior: causality, one-pass training against a loop over blocks, KV-cached
+sampling against recomputing the window, and the pipeline's requests."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ldlm.config import DiTConfig, MeshConfig
+from ldlm.diffusion import samplers
+from ldlm.errors import ConfigError
+from ldlm.inference import block_sampling
+from ldlm.inference.generation import LatentDiffusionPipeline, PipelineError
+from ldlm.inference.textvae import TextVAE
+from ldlm.mesh import PARAM_RULES, make_mesh
+from ldlm.models.block_causal import BlockCausalDiT
+from ldlm.train.block_causal import block_causal_loss, window_times
+from tests.helpers import randomize
+
+N, D, CLASSES = 8, 8, 3
+N_TINY = 8  # latents per block of the tiny preset's VAE
+CFG = DiTConfig(width=64, heads=2, mlp_dim=128, layers=2, window=2, block_size=4)
+W, G = CFG.window * N, CFG.block_size  # 16 latents in 4 diffusion blocks
+
+
+def _model(cfg=CFG, n=N, d=D, classes=CLASSES):
+    with jax.set_mesh(make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])), \
+            nnx.logical_axis_rules(PARAM_RULES):
+        model = BlockCausalDiT(cfg, n, d, classes, rngs=nnx.Rngs(params=0))
+    return randomize(model)  # adaLN-Zero starts at zero: every branch must speak
+
+
+def _window(B=3, seed=0):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    x0, z = jax.random.normal(k[0], (B, W, D)), jax.random.normal(k[1], (B, W, D))
+    t = window_times(k[2], B, W, G, "uniform")
+    return x0, z, t, jnp.arange(B, dtype=jnp.int32) % (CLASSES + 1)
+
+
+@pytest.mark.parametrize("b", [0, 1, 2])
+def test_later_blocks_leave_the_outputs_up_to_block_b_unchanged(b):
+    model = _model()
+    x0, z, t, labels = _window()
+    sc = jnp.ones_like(z)
+    out = model(x0, z, t, self_cond_BxWxD=sc, label_B=labels)
+    cut = (b + 1) * G
+    bump = jax.random.normal(jax.random.PRNGKey(9), (3, W - cut, D))
+    changed = model(x0.at[:, cut:].add(bump), z.at[:, cut:].add(bump), t.at[:, cut:].set(0.5),
+                    self_cond_BxWxD=sc.at[:, cut:].add(bump), label_B=labels)
+    np.testing.assert_allclose(changed[:, :cut], out[:, :cut], atol=1e-6)
+    assert float(jnp.abs(changed[:, cut:] - out[:, cut:]).max()) > 1e-2  # the bump is seen
+
+
+class LoopOverBlocks:
+    """The model's training forward as W/G separate computations, block after block: the
+    clean history committed through the KV cache, then the noisy block alone against it."""
+
+    def __init__(self, model: BlockCausalDiT):
+        self.model, self.null_label = model, model.null_label
+
+    def __call__(self, x0, z, t, *, self_cond_BxWxD=None, label_B=None, latent_mask_BxW=None):
+        m = self.model
+        sc = jnp.zeros_like(z) if self_cond_BxWxD is None else self_cond_BxWxD
+        cache, outs = m.empty_cache(z.shape[0]), []
+        for start in range(0, W, G):
+            block = slice(start, start + G)
+            outs.append(m.denoise(cache, z[:, block], t[:, start], start,
+                                  self_cond_BxGxD=sc[:, block], label_B=label_B,
+                                  valid_BxG=latent_mask_BxW[:, block]))
+            cache = m.commit(cache, x0[:, block], start, valid_BxG=latent_mask_BxW[:, block],
+                             label_B=label_B)
+        return jnp.concatenate(outs, axis=1)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_one_pass_loss_equals_a_loop_over_blocks(train):
+    model = _model()
+    x0, _, _, labels = _window(B=4)
+    latent_mask = jnp.ones((4, W), bool).at[1, N:].set(False)  # a document ends mid-window
+    tokens_mask = jnp.ones((4, CFG.window, 4), bool).at[1, 1:].set(False)
+    batch = {"z": x0 * latent_mask[..., None], "latent_mask": latent_mask, "label": labels,
+             "mask": tokens_mask}
+    cfg = DiTConfig(**{**CFG.__dict__, "self_cond_prob": 0.5, "label_dropout": 0.3})
+    rng = jax.random.PRNGKey(3)
+    one = block_causal_loss(model, batch, rng, 0, train, counts={"rows": 4.0}, cfg=cfg)
+    loop = block_causal_loss(LoopOverBlocks(model), batch, rng, 0, train,
+                             counts={"rows": 4.0}, cfg=cfg)
+    assert float(one[0]) > 0.1
+    np.testing.assert_allclose(float(loop[0]), float(one[0]), rtol=1e-5)
+    np.testing.assert_allclose(float(loop[1]["mse_x0"]), float(one[1]["mse_x0"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,guided", [("ddpm", False), ("dpm++", True)])
+def test_kv_cached_sampling_equals_recomputing_the_window_at_every_step(sampler, guided):
+    model = _model()
+    graphdef, params = nnx.split(model)
+    B, steps, guidance = 2, 4, 2.0
+    labels = jnp.array([0, 1], jnp.int32)
+    null = jnp.full_like(labels, model.null_label)
+    cached = jax.jit(block_sampling.block_denoiser(graphdef, CFG, sampler, "uniform", guided))
+    cache = model.empty_cache(2 * B if guided else B)
+    history = jnp.zeros((B, W, D))
+    for b, start in enumerate(range(0, W, G)):
+        block = slice(start, start + G)
+        key = jax.random.PRNGKey(b)
+        z_T = jax.random.normal(jax.random.fold_in(key, 7), (B, G, D))
+        z, cache = cached(params, cache, jnp.int32(start), z_T, key, labels,
+                          jnp.float32(guidance), jnp.int32(steps), jnp.float32(0.0),
+                          jnp.float32(1.0))
+
+        def whole_window(zb, tb, sc, label):
+            zw = jnp.zeros((B, W, D)).at[:, block].set(zb)
+            tw = jnp.zeros((B, W)).at[:, block].set(jnp.broadcast_to(tb[:, None], (B, G)))
+            scw = jnp.zeros((B, W, D)).at[:, block].set(sc)
+            return model(history, zw, tw, self_cond_BxWxD=scw, label_B=label)[:, block]
+
+        def net(zb, tb, sc):
+            cond = whole_window(zb, tb, sc, labels)
+            if not guided:
+                return cond
+            return samplers.guide(cond, whole_window(zb, tb, sc, null), guidance)
+
+        ref = samplers.sample(net, z_T, steps, key, sampler=sampler, schedule=CFG.schedule,
+                              prediction=CFG.prediction)
+        np.testing.assert_allclose(np.asarray(z), np.asarray(ref), atol=2e-5)
+        history = history.at[:, block].set(ref)
+
+
+def test_block_size_must_divide_the_window(tiny_cfg):
+    with pytest.raises(ConfigError, match="dit.block_size=3 must divide the window of 16 "
+                                          "latents"):
+        tiny_cfg.override(["dit.window=2", "dit.block_size=3"])
+    with pytest.raises(ConfigError, match="must divide the window"):
+        tiny_cfg.override(["dit.window=2"])  # no block size
+
+
+@pytest.fixture(scope="module")
+def window_pipe(trained_tiny):
+    cfg, run_dir, _ = trained_tiny
+    vae = TextVAE.from_run(run_dir)
+    cfg = cfg.override(["dit.window=2", "dit.block_size=4"])
+    model = _model(cfg.dit, vae.model.cfg.num_latents, vae.model.cfg.latent_dim, 5)
+    return LatentDiffusionPipeline(cfg, model, vae, ["a", "b", "c", "d", "e"])
+
+
+LONG = ("The company said on Monday that profits rose by a third in the year to March, "
+        "helped by strong sales in Asia and lower costs at home. ") * 4
+
+
+def test_prompts_of_different_lengths_continue_in_one_batch(window_pipe):
+    pipe = window_pipe
+    L = pipe.vae.block_len
+    tokens = pipe.generate_tokens(n=2, steps=2, prompt=["Shares rose.", LONG[:60]],
+                                  max_tokens=L + 5, label="a", guidance=2.0)
+    assert [len(t) <= L + 5 for t in tokens] == [True, True]
+    # past the window: the cache rolls, the positions go on
+    long = pipe.generate_tokens(n=1, steps=1, num_blocks=5)
+    assert len(long[0]) > 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"prompt": "  "}, "the prompt text is empty"),
+    ({"max_tokens": 0}, "max_tokens must be a positive integer"),
+    ({"max_tokens": -3}, "max_tokens must be a positive integer"),
+    ({"prompt": LONG}, r"prompt takes 48 latents \(6 VAE blocks\); this prior's history holds 12"),
+    ({"prompt": ["a", "b", "c"]}, "got 3 prompts for n=2"),
+])
+def test_bad_requests_are_one_line_errors(window_pipe, kwargs, match):
+    with pytest.raises(PipelineError, match=match):
+        window_pipe.generate(**{"n": 2, "steps": 2, **kwargs})
+
+
+def test_a_whole_window_prior_writes_one_window_and_takes_no_prompt(window_pipe):
+    cfg = window_pipe.cfg.override(["dit.block_size=16"])
+    whole = LatentDiffusionPipeline(cfg, _model(cfg.dit, window_pipe.N, window_pipe.D, 5),
+                                    window_pipe.vae, window_pipe.label_names)
+    assert len(whole.generate(n=1, steps=1, num_blocks=2)) == 1
+    for kwargs in ({"prompt": "Shares rose."}, {"num_blocks": 3}):
+        with pytest.raises(PipelineError, match="keeps history"):
+            whole.generate(n=1, steps=1, **kwargs)
+
+
+def test_a_tiny_prior_trained_on_a_few_documents_continues_their_text(tiny_run, tiny_cfg):
+    """A VAE and a block-causal prior overfit to the first blocks of the corpus: prompted
+    with a document's block, the pipeline writes that document's next block."""
+    import difflib
+
+    from ldlm.data import batches as pipeline
+    from ldlm.data.latents import LatentNormaliser
+    from ldlm.data.tokenizer import Tokenizer
+    from ldlm.inference.textvae import Codec
+    from ldlm.models.vae import TextVAEModel
+    from ldlm.train.loop import batch_counts
+    from ldlm.train.vae import vae_loss
+    from tests.helpers import fit
+
+    run_dir, stats = tiny_run
+    cfg = tiny_cfg.override(["vae.latent_noise_max=0.2", "dit.window=2", "dit.block_size=4",
+                             "dit.self_cond_prob=0", "dit.label_dropout=0"])
+    ds = pipeline.make_dataset(pipeline.block_source(run_dir, "train"), batch_size=12,
+                               train=False, process_index=0, process_count=1)
+    blocks = {k: np.asarray(v) for k, v in next(iter(ds)).items()}  # block order
+    with jax.set_mesh(make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])), \
+            nnx.logical_axis_rules(PARAM_RULES):
+        vae = TextVAEModel(cfg.vae, stats["vocab_size"], cfg.data.block_len,
+                           rngs=nnx.Rngs(params=0))
+    batch = {k: jnp.asarray(v) for k, v in blocks.items()}
+    vae = fit(vae, lambda m, rng, i: vae_loss(m, batch, rng, i, True, counts=batch_counts(
+        batch), cfg=cfg.vae, total_steps=300), 400, 3e-3)
+    z = np.asarray(Codec(vae).encode(batch["tokens"]))
+    normaliser = LatentNormaliser(z.mean((0, 1)), z.std((0, 1)) + 1e-3)
+    z = normaliser.normalise(z)
+    # windows of two consecutive blocks of one document
+    pairs = [i for i in range(len(z) - 1) if blocks["doc_index"][i] == blocks["doc_index"][
+        i + 1] and blocks["block_index"][i + 1] == blocks["block_index"][i] + 1]
+    assert len(pairs) >= 3
+    windows = {"z": jnp.asarray(np.stack([np.concatenate([z[i], z[i + 1]]) for i in pairs])),
+               "latent_mask": jnp.ones((len(pairs), 2 * N_TINY), bool),
+               "label": jnp.full((len(pairs),), -1, jnp.int32),
+               "mask": jnp.ones((len(pairs), 2, 1), bool)}
+    prior = _model(cfg.dit, N_TINY, cfg.vae.latent_dim, 5)
+    prior = fit(prior, lambda m, rng, i: block_causal_loss(
+        m, windows, rng, i, True, counts={"rows": float(len(pairs))}, cfg=cfg.dit), 600, 5e-3)
+    tokenizer = Tokenizer.load(run_dir / "tokenizer")
+    text_vae = TextVAE(cfg, vae, tokenizer, normaliser=normaliser)
+    pipe = LatentDiffusionPipeline(cfg, prior, text_vae, [])
+    real = blocks["mask"]
+    prompts = [tokenizer.decode(blocks["tokens"][i][real[i]]) for i in pairs]
+    wrote = pipe.generate_tokens(n=len(pairs), steps=20, sampler="ddim", prompt=prompts,
+                                 num_blocks=1)
+    # how much of each block's text a continuation reproduces (1: all of it, in order)
+    def similarity(ids, j):
+        return difflib.SequenceMatcher(None, ids, blocks["tokens"][j][real[j]].tolist()).ratio()
+
+    own = np.array([similarity(ids, i + 1) for i, ids in zip(pairs, wrote)])
+    other = np.array([max(similarity(ids, j + 1) for j in pairs if j != i)
+                      for i, ids in zip(pairs, wrote)])
+    assert np.median(own) >= 0.9 and np.mean(own >= 0.8) >= 0.75, own
+    assert np.mean(own > other) >= 0.75, (own, other)  # its own next block, not any block
