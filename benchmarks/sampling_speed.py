@@ -1,15 +1,19 @@
-"""Sampling speed of a trained run: latency and tokens/s per step budget and batch size.
+"""Sampling speed of trained priors beside the AR baseline: seconds and tokens/s for texts of
+--tokens tokens, per prior, step budget and batch size, in one run.
 
-For each step budget in --steps and batch size in --batch, times `generate_tokens` end to
-end (denoising and VAE decoding to token ids; compilation excluded by a warm-up call) and
-prints the median latency of --repeats calls, generated tokens per second (tokens the VAE
-decoder emitted, through EOS) and the latency per step. When the run has the AR baseline
-(`make ar`), its KV-cache sampling of one block at the same batch size is timed in the same
-run, and the ratio ldlm tokens/s / AR tokens/s is printed (> 1: ldlm is faster). Numbers
-from one run on one machine are comparable with each other; across runs, compare ratios.
+Each --runs entry is a run with a trained prior (a block-causal one is labelled with its
+block size G, the per-block DiT "block"); `generate_tokens(max_tokens=--tokens)` is timed
+end to end (denoising, KV-cache commits and VAE decoding to token ids; compilation excluded
+by a warm-up call), median of --repeats calls. The AR baseline of --baseline-run (`make ar`)
+writes the same number of tokens with its KV cache, block after block of its context
+(`data.block_len` tokens; each block starts afresh, the cheapest way for it to write past its
+context), timed in the same run. Printed: seconds per text, tokens/s (tokens the samples
+hold, through EOS) and the ratio of ldlm's tokens/s to the AR baseline's at the same batch
+(> 1: ldlm is faster). Numbers from one run on one machine are comparable with each other;
+across runs, compare ratios.
 
-    .venv/bin/python benchmarks/sampling_speed.py [--run-dir runs/bbc_news_cpu]
-        [--steps 1,4,16,64] [--batch 1,64] [--sampler dpm++]
+    .venv/bin/python benchmarks/sampling_speed.py [--runs runs/bc_g1,runs/bc_g4]
+        [--baseline-run runs/bbc_news_cpu] [--steps 4,16,64] [--batch 1,64] [--tokens 128]
 """
 
 from __future__ import annotations
@@ -19,55 +23,79 @@ import statistics
 import time
 
 import jax
+import numpy as np
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run-dir", default="runs/bbc_news_cpu")
-    p.add_argument("--steps", default="1,4,16,64")
+    p.add_argument("--runs", default="runs/bbc_news_cpu",
+                   help="comma-separated runs with a trained prior")
+    p.add_argument("--baseline-run", default="runs/bbc_news_cpu",
+                   help="the run whose AR baseline (make ar) is timed")
+    p.add_argument("--steps", default="4,16,64")
     p.add_argument("--batch", default="1,64")
-    p.add_argument("--sampler", default="dpm++")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--sampler", default="ddpm")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
     from ldlm.inference.generation import LatentDiffusionPipeline
 
-    pipe = LatentDiffusionPipeline.from_pretrained(args.run_dir)
-    ar = ar_sampler(args.run_dir, pipe)
+    pipes = {run: LatentDiffusionPipeline.from_pretrained(run) for run in args.runs.split(",")}
+    first = next(iter(pipes.values()))
+    ar = ar_sampler(args.baseline_run, first)
     budgets = [int(x) for x in args.steps.split(",")]
     batches = [int(x) for x in args.batch.split(",")]
-    print(f"device: {jax.devices()[0].device_kind}; run {args.run_dir}; sampler "
-          f"{args.sampler}; block of {pipe.vae.block_len} tokens = {pipe.N} latents x "
-          f"{pipe.D}")
-    print(f"{'batch':>5} {'steps':>5} {'latency s':>10} {'ms/step':>8} {'tokens/s':>9} "
-          f"{'AR tokens/s':>11} {'ldlm/AR':>8}")
+    print(f"device: {jax.devices()[0].device_kind}; {args.tokens} tokens per text; sampler "
+          f"{args.sampler}; VAE block of {first.vae.block_len} tokens = {first.N} latents")
+    print(f"{'prior':>14} {'batch':>5} {'steps':>5} {'s/text':>8} {'tokens/s':>9} "
+          f"{'AR s/text':>9} {'AR tok/s':>9} {'ldlm/AR':>8}")
     for B in batches:
-        ar_tps = time_ar(ar, B, args.repeats) if ar else None
-        for steps in budgets:
-            pipe.generate_tokens(n=B, steps=steps, sampler=args.sampler, seed=0)  # compile
-            times, tokens = [], 0
-            for r in range(args.repeats):
-                start = time.perf_counter()
-                out = pipe.generate_tokens(n=B, steps=steps, sampler=args.sampler, seed=r)
-                times.append(time.perf_counter() - start)
-                tokens += sum(len(t) for t in out)
-            latency = statistics.median(times)
-            tps = tokens / sum(times)
-            ratio = f"{tps / ar_tps:>8.2f}" if ar_tps else f"{'-':>8}"
-            ar_col = f"{ar_tps:>11.0f}" if ar_tps else f"{'(no make ar)':>11}"
-            print(f"{B:>5} {steps:>5} {latency:>10.3f} {1000 * latency / steps:>8.1f} "
-                  f"{tps:>9.0f} {ar_col} {ratio}")
+        ar_seconds, ar_tps = time_ar(ar, B, args.tokens, args.repeats) if ar else (None,
+                                                                                    None)
+        for run, pipe in pipes.items():
+            name = prior_name(pipe)
+            for steps in budgets:
+                seconds, tps = time_ldlm(pipe, B, steps, args.tokens, args.sampler,
+                                         args.repeats)
+                ratio = f"{tps / ar_tps:>8.2f}" if ar_tps else f"{'-':>8}"
+                ar_cols = f"{ar_seconds:>9.3f} {ar_tps:>9.0f}" if ar_tps else \
+                    f"{'-':>9} {'(no ar)':>9}"
+                print(f"{name:>14} {B:>5} {steps:>5} {seconds:>8.3f} {tps:>9.0f} {ar_cols} "
+                      f"{ratio}", flush=True)
 
 
-def ar_sampler(run_dir, pipe):
-    """A jitted one-block sampler of the run's AR baseline, or None without one."""
+def prior_name(pipe) -> str:
+    if pipe.is_block_causal:
+        return f"G={pipe.cfg.dit.block_size}/W={pipe.cfg.dit.window * pipe.N}"
+    return "per-block DiT"
+
+
+def time_ldlm(pipe, B: int, steps: int, tokens: int, sampler: str, repeats: int):
+    """(median seconds per call, tokens/s) of `repeats` calls writing B texts."""
+    def call(seed):
+        return pipe.generate_tokens(n=B, steps=steps, sampler=sampler, seed=seed,
+                                    max_tokens=tokens)
+
+    call(0)  # compile
+    times, written = [], 0
+    for r in range(repeats):
+        start = time.perf_counter()
+        out = call(r)
+        times.append(time.perf_counter() - start)
+        written += sum(len(t) for t in out)
+    return statistics.median(times), written / sum(times)
+
+
+def ar_sampler(run_dir, pipe, temperature: float | None = None):
+    """fn(key, B) -> B x block_len tokens from the run's AR baseline (jitted; at its
+    config's temperature unless given), or None without one."""
     import jax.numpy as jnp
 
     from ldlm.data.tokenizer import EOS_ID
     from ldlm.errors import MissingStageError
     from ldlm.loading import load_stage_model, stage_config
-    from ldlm.models.ar import sample_tokens
-    from ldlm.models.ar import build_ar
+    from ldlm.models.ar import build_ar, sample_tokens
 
     try:
         cfg = stage_config(run_dir, "ar", "the AR baseline")
@@ -76,27 +104,34 @@ def ar_sampler(run_dir, pipe):
     except MissingStageError:
         return None
     L = pipe.vae.block_len
-    fn = jax.jit(lambda key, B: sample_tokens(model, jnp.full((B,), EOS_ID, jnp.int32), L, key,
-                                              temperature=cfg.ar.temperature,
-                                              top_p=cfg.ar.top_p), static_argnums=1)
-    return fn
+    return jax.jit(lambda key, B: sample_tokens(model, jnp.full((B,), EOS_ID, jnp.int32), L,
+                                                key, temperature=cfg.ar.temperature
+                                                if temperature is None else temperature,
+                                                top_p=cfg.ar.top_p), static_argnums=1)
 
 
-def time_ar(fn, B: int, repeats: int) -> float:
-    """AR tokens/s for one block at batch B (tokens through the first EOS, detokenising
-    excluded as for ldlm's token count)."""
-    import numpy as np
-
+def ar_texts(fn, key, B: int, tokens: int, block_len: int) -> list[list[int]]:
+    """B texts of `tokens` tokens, one AR block after another (each through its first EOS)."""
     from ldlm.data.tokenizer import through_eos
 
-    np.asarray(fn(jax.random.PRNGKey(0), B))  # compile
-    tokens, seconds = 0, 0.0
+    texts = [[] for _ in range(B)]
+    for b in range(-(-tokens // block_len)):
+        out = np.asarray(fn(jax.random.fold_in(key, b), B))
+        for i, row in enumerate(out):
+            texts[i].extend(through_eos(row))
+    return [t[:tokens] for t in texts]
+
+
+def time_ar(fn, B: int, tokens: int, repeats: int):
+    """(median seconds per call, tokens/s) of the AR baseline writing B texts."""
+    L = int(fn(jax.random.PRNGKey(0), B).shape[1])  # compile
+    times, written = [], 0
     for r in range(repeats):
         start = time.perf_counter()
-        out = np.asarray(fn(jax.random.PRNGKey(r), B))
-        seconds += time.perf_counter() - start
-        tokens += sum(len(through_eos(row)) for row in out)
-    return tokens / seconds
+        out = ar_texts(fn, jax.random.PRNGKey(r), B, tokens, L)
+        times.append(time.perf_counter() - start)
+        written += sum(len(t) for t in out)
+    return statistics.median(times), written / sum(times)
 
 
 if __name__ == "__main__":

@@ -238,3 +238,28 @@ def test_a_tiny_prior_trained_on_a_few_documents_continues_their_text(tiny_run, 
                       for i, ids in zip(pairs, wrote)])
     assert np.median(own) >= 0.9 and np.mean(own >= 0.8) >= 0.75, own
     assert np.mean(own > other) >= 0.75, (own, other)  # its own next block, not any block
+    # infilling: the block between two blocks of a document is the one in between
+    triples = [i for i in pairs if i + 1 in pairs][:3]
+    text = lambda j: tokenizer.decode(blocks["tokens"][j][real[j]])  # noqa: E731
+    middle = [pipe.infill(text(i), text(i + 2), n=1, steps=20, sampler="ddim")[0]
+              for i in triples]
+    fits = [difflib.SequenceMatcher(None, tokenizer.encode(text), blocks["tokens"][i + 1][
+        real[i + 1]].tolist()).ratio() for i, text in zip(triples, middle)]
+    assert np.median(fits) >= 0.8, (fits, middle)
+
+
+def test_trajectory_edit_infill_and_estimates_of_the_block_causal_prior(window_pipe):
+    pipe = window_pipe
+    traj = pipe.trajectory(n=2, steps=3, sampler="ddim", seed=1)
+    assert len(traj) == 3
+    assert traj[-1] == pipe.generate(n=2, steps=3, sampler="ddim", seed=1)
+    a, b = "Shares rose on Monday.", "The team lost again at home."
+    assert pipe.edit([a, b], strength=0.0) == [a, b]
+    # at strength 1 nothing of the input is left: two texts of one block edit alike
+    assert pipe.edit([a], strength=1.0, steps=2) == pipe.edit([b], strength=1.0, steps=2)
+    assert len(pipe.infill(a, b, n=2, steps=2)) == 2
+    z = pipe.sample_latents(n=3, steps=2)
+    assert z.shape == (3, pipe.N, pipe.D)
+    # near t = 0 the clean estimate (v-prediction) is the input itself
+    np.testing.assert_allclose(pipe.predict_clean(z, np.full(3, 1e-4, np.float32)), z,
+                               atol=1e-2)

@@ -24,13 +24,16 @@ def _two(x):
     return jnp.concatenate([x, x])
 
 
-def block_denoiser(graphdef, dcfg: DiTConfig, sampler: str, grid: str, guided: bool):
-    """fn(params, cache, pos0, z_T_BxGxD, key, label_B, guidance, steps, eta, temperature)
-    -> (z0_BxGxD, cache with the block committed). With `guided` the cache has 2B rows and
-    label_B the B conditional labels."""
+def block_denoiser(graphdef, dcfg: DiTConfig, sampler: str, grid: str, guided: bool,
+                   trajectory_steps: int | None = None):
+    """fn(params, cache, pos0, z_BxGxD, key, label_B, guidance, steps, eta, temperature,
+    t_start) -> (z0_BxGxD, cache with the block committed): z (noise at t_start, 1 for
+    pure noise) denoised against the cache. With `guided` the cache has 2B rows and label_B
+    holds the B conditional labels. With `trajectory_steps` (a Python int: the scan's
+    length) also the clean estimate of every step: (z0, estimates SxBxGxD, cache)."""
 
     def run(params, cache: KVCache, pos0, z_T, key, label_B, guidance, steps, eta,
-            temperature):
+            temperature, t_start=1.0):
         model: BlockCausalDiT = nnx.merge(graphdef, params)
         labels = jnp.concatenate([label_B, jnp.full_like(label_B, model.null_label)]) \
             if guided else label_B
@@ -43,11 +46,14 @@ def block_denoiser(graphdef, dcfg: DiTConfig, sampler: str, grid: str, guided: b
             cond, uncond = jnp.split(out, 2)
             return samplers.guide(cond, uncond, guidance)
 
-        z0 = samplers.sample(net, z_T, steps, key, sampler=sampler, schedule=dcfg.schedule,
-                             snr_scale=dcfg.snr_scale, prediction=dcfg.prediction, eta=eta,
-                             grid=grid, temperature=temperature)
-        committed = _two(z0) if guided else z0
-        return z0, model.commit(cache, committed, pos0, label_B=labels)
+        out = samplers.sample(net, z_T, trajectory_steps or steps, key, sampler=sampler,
+                              schedule=dcfg.schedule, snr_scale=dcfg.snr_scale,
+                              prediction=dcfg.prediction, eta=eta, grid=grid,
+                              t_start=t_start, trajectory=trajectory_steps is not None,
+                              temperature=temperature)
+        z0 = out[0] if trajectory_steps else out
+        cache = model.commit(cache, _two(z0) if guided else z0, pos0, label_B=labels)
+        return (z0, out[1], cache) if trajectory_steps else (z0, cache)
 
     return run
 

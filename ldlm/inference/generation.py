@@ -62,6 +62,104 @@ class _Context:
         return {k: jnp.asarray(v) for k, v in dataclasses.asdict(self).items()}
 
 
+def _history_error_fn(graphdef, dcfg, times_T):
+    """fn(params, cache, x0_BxGxD, pos0, label_B, key) -> (mean squared error of the clean
+    estimate of x0 over the noise levels times_T, cache with x0 committed)."""
+
+    def run(params, cache, x0, pos0, label_B, key):
+        model = nnx.merge(graphdef, params)
+
+        def at(t, k):
+            a, s = schedules.alpha_sigma(schedules.logsnr(t, dcfg.schedule, dcfg.snr_scale))
+            z = a * x0 + s * jax.random.normal(k, x0.shape)
+            t_B = jnp.full((x0.shape[0],), t)
+            out = model.denoise(cache, z, t_B, pos0, label_B=label_B)
+            return jnp.mean((schedules.to_x0(dcfg.prediction, out, z, a, s) - x0) ** 2,
+                            axis=(1, 2))
+
+        keys = jax.random.split(key, times_T.shape[0])
+        err = jnp.mean(jax.vmap(at)(times_T, keys), axis=0)
+        return err, model.commit(cache, x0, pos0, label_B=label_B)
+
+    return run
+
+
+def _estimate_and_commit_fn(graphdef, dcfg):
+    """fn(params, cache, z_BxGxD, t_B, pos0, label_B) -> (the clean estimate of the block
+    from z at times t given the cache, the cache with that estimate committed)."""
+
+    def run(params, cache, z, t_B, pos0, label_B):
+        model = nnx.merge(graphdef, params)
+        a, s = schedules.alpha_sigma(schedules.logsnr(t_B, dcfg.schedule, dcfg.snr_scale))
+        x0 = schedules.to_x0(dcfg.prediction, model.denoise(cache, z, t_B, pos0,
+                                                            label_B=label_B), z, a, s)
+        return x0, model.commit(cache, x0, pos0, label_B=label_B)
+
+    return run
+
+
+class _BlockWriter:
+    """One batch written block by block with the block-causal prior: the KV cache of its
+    clean history, the next position, and the jitted block denoiser."""
+
+    def __init__(self, pipe: "LatentDiffusionPipeline", n: int, labels, guidance: float):
+        self.pipe, self.model = pipe, pipe._block_causal
+        self.G, self.n = self.model.G, n
+        self.labels, self.guidance = jnp.asarray(labels), jnp.float32(guidance)
+        self.guided = pipe._guided(labels, guidance)
+        self.cache = self.model.empty_cache(2 * n if self.guided else n)
+        self.pos = 0
+
+    def commit_texts(self, texts) -> None:
+        """Each row's text encoded by the VAE and committed, right-aligned: every row's
+        text ends at the same position (shorter ones have empty slots before theirs), so
+        writing goes on at one position for the whole batch."""
+        pipe, model = self.pipe, self.model
+        rows = [pipe._encode_blocks(t, "prompt", eos=False).reshape(-1, pipe.D)
+                for t in texts]
+        longest = max(len(r) for r in rows)
+        if longest > model.cache_slots:
+            raise PipelineError(
+                f"the prompt takes {longest} latents ({longest // pipe.N} VAE blocks); this "
+                f"prior's history holds {model.cache_slots} (its window less one diffusion "
+                "block): shorten the prompt")
+        self.commit_latents(rows)
+
+    def commit_latents(self, rows) -> None:
+        """Commits one latent sequence per row (normalised, right-aligned as above)."""
+        G = self.G
+        P = -(-max(len(r) for r in rows) // G) * G
+        x0 = np.zeros((len(rows), P, self.pipe.D), np.float32)
+        valid = np.zeros((len(rows), P), bool)
+        for i, r in enumerate(rows):
+            if len(r):
+                x0[i, P - len(r):], valid[i, P - len(r):] = r, True
+        fn = self.pipe._jitted_fn(("commit", self.guided), lambda: jax.jit(
+            block_sampling.committer(self.pipe._graphdef, self.guided)))
+        for start in range(0, P, G):
+            self.cache = fn(self.pipe._params, self.cache, jnp.asarray(x0[:, start:start + G]),
+                            jnp.asarray(valid[:, start:start + G]),
+                            jnp.int32(self.pos + start), self.labels)
+        self.pos += P
+
+    def next_block(self, key, sampler, grid, steps, eta, temperature, z_start=None,
+                   t_start: float = 1.0, trajectory_steps: int | None = None):
+        """The next diffusion block, B x G x D, denoised from noise (or from `z_start` at
+        t_start) and committed; with trajectory_steps also every step's clean estimate."""
+        fn = self.pipe._jitted_fn(
+            ("window", sampler, grid, self.guided, trajectory_steps), lambda: jax.jit(
+                block_sampling.block_denoiser(self.pipe._graphdef, self.pipe.cfg.dit,
+                                              sampler, grid, self.guided, trajectory_steps)))
+        if z_start is None:
+            z_start = temperature * jax.random.normal(key, (self.n, self.G, self.pipe.D))
+        out = fn(self.pipe._params, self.cache, jnp.int32(self.pos), jnp.asarray(z_start),
+                 jax.random.fold_in(key, 1), self.labels, self.guidance, jnp.int32(steps),
+                 jnp.float32(eta), jnp.float32(temperature), jnp.float32(t_start))
+        self.cache, self.pos = out[-1], self.pos + self.G
+        return tuple(np.asarray(o) for o in out[:-1]) if trajectory_steps else \
+            np.asarray(out[0])
+
+
 class LatentDiffusionPipeline:
     def __init__(self, cfg, dit: nnx.Module, vae: TextVAE, label_names: Sequence[str]):
         """`vae` must carry its latent statistics (`vae.normaliser`, written by make vae)."""
@@ -184,66 +282,133 @@ class LatentDiffusionPipeline:
         """The block-causal prior: diffusion block after diffusion block against a KV cache
         of the clean history (the prompt's latents first); each VAE block is decoded as
         soon as its latents are complete, and a sample stops at EOS."""
-        model = self._block_causal
-        G, N = model.G, self.N
-        guided = self._guided(labels, guidance)
-        cache = model.empty_cache(2 * n if guided else n)
-        key = jax.random.PRNGKey(seed)
-        pos = 0
+        writer = _BlockWriter(self, n, labels, guidance)
         if prompts is not None:
-            cache, pos = self._commit_prompts(cache, prompts, labels, guided)
-        fn = self._jitted_fn(("window", sampler, grid, guided), lambda: jax.jit(
-            block_sampling.block_denoiser(self._graphdef, self.cfg.dit, sampler, grid,
-                                          guided)))
+            writer.commit_texts(prompts)
+        key = jax.random.PRNGKey(seed)
         tokens = [[] for _ in range(n)]
         done = np.zeros(n, bool)
         pending = np.zeros((n, 0, self.D), np.float32)  # latents of an unfinished VAE block
         written = 0  # VAE blocks decoded
-        for b in range(-(-num_blocks * N // G)):
-            k = jax.random.fold_in(key, b)
-            z_T = temperature * jax.random.normal(k, (n, G, self.D))
-            z, cache = fn(self._params, cache, jnp.int32(pos), z_T, jax.random.fold_in(k, 1),
-                          jnp.asarray(labels), jnp.float32(guidance), jnp.int32(steps),
-                          jnp.float32(eta), jnp.float32(temperature))
-            pos += G
-            pending = np.concatenate([pending, np.asarray(z)], axis=1)
-            while pending.shape[1] >= N and written < num_blocks:
-                for i, ids in enumerate(self._block_tokens(pending[:, :N])):
+        for b in range(-(-num_blocks * self.N // writer.G)):
+            z = writer.next_block(jax.random.fold_in(key, b), sampler, grid, steps, eta,
+                                  temperature)
+            pending = np.concatenate([pending, z], axis=1)
+            while pending.shape[1] >= self.N and written < num_blocks:
+                for i, ids in enumerate(self._block_tokens(pending[:, :self.N])):
                     if not done[i]:
                         tokens[i].extend(ids)
                         done[i] = EOS_ID in ids
-                pending, written = pending[:, N:], written + 1
+                pending, written = pending[:, self.N:], written + 1
             if done.all() or written == num_blocks:
                 break
         return tokens
 
-    def _commit_prompts(self, cache, prompts, labels, guided):
-        """The prompts' latents committed into the cache, right-aligned: each row's prompt
-        ends at the same position (rows with shorter prompts have empty slots before
-        theirs), so generation continues every row at one position. Returns (cache, the
-        position after the prompts)."""
+    def _window_latents(self, writer: "_BlockWriter", key, count: int, sampler, grid, steps,
+                        eta, temperature) -> np.ndarray:
+        """The next `count` latents of every row, B x count x D."""
+        zs = [writer.next_block(jax.random.fold_in(key, b), sampler, grid, steps, eta,
+                                temperature) for b in range(-(-count // writer.G))]
+        return np.concatenate(zs, axis=1)[:, :count]
+
+    def _predict_clean_windows(self, z_BxNxD, t_B, labels) -> np.ndarray:
         model = self._block_causal
-        G = model.G
-        rows = [self._encode_blocks(p, "prompt", eos=False).reshape(-1, self.D)
-                for p in prompts]
-        longest = max(len(r) for r in rows)
-        if longest > model.cache_slots:
-            raise PipelineError(
-                f"the prompt takes {longest} latents ({longest // self.N} VAE blocks); this "
-                f"prior's history holds {model.cache_slots} (its window less one diffusion "
-                "block): shorten the prompt")
-        P = -(-longest // G) * G
-        x0 = np.zeros((len(rows), P, self.D), np.float32)
-        valid = np.zeros((len(rows), P), bool)
-        for i, r in enumerate(rows):
-            x0[i, P - len(r):], valid[i, P - len(r):] = r, True
-        fn = self._jitted_fn(("commit", guided), lambda: jax.jit(
-            block_sampling.committer(self._graphdef, guided)))
-        for start in range(0, P, G):
-            cache = fn(self._params, cache, jnp.asarray(x0[:, start:start + G]),
-                       jnp.asarray(valid[:, start:start + G]), jnp.int32(start),
-                       jnp.asarray(labels))
-        return cache, P
+        B, n_latents, G = z_BxNxD.shape[0], z_BxNxD.shape[1], model.G
+        fn = self._jitted_fn(("predict_window",), lambda: jax.jit(
+            _estimate_and_commit_fn(self._graphdef, self.cfg.dit)))
+        padded = np.zeros((B, -(-n_latents // G) * G, self.D), np.float32)
+        padded[:, :n_latents] = z_BxNxD
+        cache, out = model.empty_cache(B), []
+        for start in range(0, padded.shape[1], G):
+            x0, cache = fn(self._params, cache, jnp.asarray(padded[:, start:start + G]), t_B,
+                           jnp.int32(start), jnp.asarray(labels))
+            out.append(np.asarray(x0))
+        return np.concatenate(out, axis=1)[:, :n_latents]
+
+    def _trajectory_windows(self, n, steps, sampler, guidance, labels, seed, eta, grid,
+                            temperature) -> list[list[str]]:
+        """The first VAE block's clean estimate after each step: every diffusion block of
+        it shown after that many of its own steps (each denoised given the final blocks
+        before it); the last entry is what `generate` writes."""
+        writer = _BlockWriter(self, n, labels, guidance)
+        key = jax.random.PRNGKey(seed)
+        finals, estimates = [], []
+        for b in range(-(-self.N // writer.G)):
+            z, est = writer.next_block(jax.random.fold_in(key, b), sampler, grid, steps, eta,
+                                       temperature, trajectory_steps=steps)
+            finals.append(z)
+            estimates.append(est)
+        est = np.concatenate(estimates, axis=2)[:, :, :self.N]
+        return [self.decode(e) for e in est[:-1]] + [
+            self.decode(np.concatenate(finals, axis=1)[:, :self.N])]
+
+    def _edit_windows(self, texts, strength, steps, sampler, guidance, labels, seed, eta,
+                      grid, temperature) -> list[str]:
+        """SDEdit with the block-causal prior: each text's latents, diffusion block by
+        diffusion block, re-noised to `strength` and denoised given the edited blocks
+        before them."""
+        key = jax.random.PRNGKey(seed)
+        a, s = schedules.alpha_sigma(schedules.logsnr(strength, self.cfg.dit.schedule,
+                                                      self.cfg.dit.snr_scale))
+        out = []
+        for i, text in enumerate(texts):
+            x0 = self._encode_blocks(text, f"text {i}", eos=True)
+            K = len(x0)
+            flat = x0.reshape(-1, self.D)
+            G = self._block_causal.G
+            padded = np.zeros((-(-len(flat) // G) * G, self.D), np.float32)
+            padded[:len(flat)] = flat
+            writer = _BlockWriter(self, 1, labels[i:i + 1], guidance)
+            edited = []
+            for b in range(len(padded) // G):
+                k = jax.random.fold_in(jax.random.fold_in(key, i), b)
+                eps = temperature * np.asarray(jax.random.normal(k, (1, G, self.D)))
+                z = a * padded[None, b * G:(b + 1) * G] + s * eps
+                edited.append(writer.next_block(k, sampler, grid, steps, eta, temperature,
+                                                z_start=z, t_start=strength))
+            z = np.concatenate(edited, axis=1)[0, :K * self.N].reshape(K, self.N, self.D)
+            out.append(self.vae.tokenizer.decode(
+                [t for ids in self._block_tokens(z) for t in ids]))
+        return out
+
+    def _infill_windows(self, before, after, n, steps, sampler, guidance, labels, seed, eta,
+                        grid, temperature, candidates_per_sample: int = 4) -> list[str]:
+        """Sample and rerank: candidates for the block after `before` (continuations), each
+        scored by how well the prior then predicts `after`'s first block (its denoising
+        error at a few noise levels, given [before | candidate]); the n best, best first."""
+        m = n * candidates_per_sample
+        writer = _BlockWriter(self, m, np.repeat(labels, candidates_per_sample), guidance)
+        writer.commit_texts([before] * m)
+        z = self._window_latents(writer, jax.random.PRNGKey(seed), self.N, sampler, grid,
+                                 steps, eta, temperature)
+        target = self._first_block(after, "after")
+        error = self._history_fit(writer, np.broadcast_to(target, (m,) + target.shape),
+                                  jax.random.PRNGKey(seed + 1))
+        best = np.argsort(error)[:n]
+        return [self.vae.tokenizer.decode(ids) for ids in self._block_tokens(z[best])]
+
+    def _history_fit(self, writer: "_BlockWriter", x0_BxKxD, key,
+                     times=(0.2, 0.4, 0.6, 0.8)) -> np.ndarray:
+        """Per row, the prior's mean squared error of the clean estimate of x0 (the latents
+        that would come next), teacher-forced block by block against the row's history: low
+        where x0 is a likely continuation of it."""
+        model, G = self._block_causal, writer.G
+        B = x0_BxKxD.shape[0]
+        rows = slice(0, B)  # with guidance the cache's first B rows are the conditional ones
+        dcfg = self.cfg.dit
+        fn = self._jitted_fn(("history_fit",), lambda: jax.jit(_history_error_fn(
+            self._graphdef, dcfg, jnp.asarray(times, jnp.float32))))
+        cache = writer.cache
+        cache = type(cache)(cache.k[:, rows], cache.v[:, rows], cache.valid_BxC[rows])
+        padded = np.zeros((B, -(-x0_BxKxD.shape[1] // G) * G, self.D), np.float32)
+        padded[:, :x0_BxKxD.shape[1]] = x0_BxKxD
+        error = np.zeros(B)
+        for b in range(padded.shape[1] // G):
+            block = jnp.asarray(padded[:, b * G:(b + 1) * G])
+            err, cache = fn(self._params, cache, block, jnp.int32(writer.pos + b * G),
+                            writer.labels, jax.random.fold_in(key, b))
+            error += np.asarray(err)
+        return error
 
     def _jitted_fn(self, cache_key, make):
         if cache_key not in self._jitted:
@@ -256,6 +421,9 @@ class LatentDiffusionPipeline:
         """n candidate blocks to go between `before` and `after`."""
         self._check(n=n, steps=steps, sampler=sampler, grid=grid, temperature=temperature)
         self._need_context("infilling")
+        if self.is_block_causal:
+            return self._infill_windows(before, after, n, steps, sampler, guidance,
+                                        self._labels(label, n), seed, eta, grid, temperature)
         ctx = _Context.empty(n, self.N, self.D)
         ctx.prev_BxNxD[:], ctx.has_prev_B[:] = self._last_block(before, "before"), True
         ctx.next_BxNxD[:], ctx.has_next_B[:] = self._first_block(after, "after"), True
@@ -276,6 +444,10 @@ class LatentDiffusionPipeline:
             raise PipelineError(f"strength must be in [0, 1], got {strength}")
         if strength == 0.0:
             return texts
+        if self.is_block_causal:
+            return self._edit_windows(texts, strength, steps, sampler, guidance,
+                                      self._labels(label, len(texts)), seed, eta, grid,
+                                      temperature)
         owners, x0, ctx = self._text_blocks(texts)
         B = len(owners)
         labels = self._labels(label, len(texts))[owners]
@@ -298,6 +470,9 @@ class LatentDiffusionPipeline:
         last is what `generate` returns for the same arguments."""
         self._check(n=n, steps=steps, sampler=sampler, grid=grid, temperature=temperature)
         labels = self._labels(label, n)
+        if self.is_block_causal:
+            return self._trajectory_windows(n, steps, sampler, guidance, labels, seed, eta,
+                                            grid, temperature)
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
         z_T = temperature * jax.random.normal(key, (n, self.N, self.D))
         guided = self._guided(labels, guidance)
@@ -320,15 +495,24 @@ class LatentDiffusionPipeline:
                        grid: str = "uniform", temperature: float = 1.0) -> np.ndarray:
         """n normalised latent blocks, n x N x D (decode them with `decode`)."""
         self._check(n=n, steps=steps, sampler=sampler, grid=grid, temperature=temperature)
+        if self.is_block_causal:
+            writer = _BlockWriter(self, n, self._labels(label, n), guidance)
+            return self._window_latents(writer, jax.random.PRNGKey(seed), self.N, sampler,
+                                        grid, steps, eta, temperature)
         return self._denoise(jax.random.fold_in(jax.random.PRNGKey(seed), 0), n, steps,
                              sampler, grid, self._labels(label, n), guidance,
                              _Context.empty(n, self.N, self.D), eta, temperature)
 
     def predict_clean(self, z_t_BxNxD, t_B, label=None) -> np.ndarray:
         """The DiT's one-pass estimate of the clean normalised latents from noisy ones at
-        times t (no self-conditioning, no guidance, no context): B x N x D."""
+        times t (no self-conditioning, no guidance, no context): B x N x D. With the
+        block-causal prior, each diffusion block is estimated given the estimates of the
+        blocks before it (committed as its history)."""
         z = jnp.asarray(z_t_BxNxD, jnp.float32)
         labels = self._labels(label, z.shape[0])
+        t = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (z.shape[0],))
+        if self.is_block_causal:
+            return self._predict_clean_windows(np.asarray(z), t, labels)
         if self._predict is None:
             dcfg, graphdef = self.cfg.dit, self._graphdef
 
@@ -339,7 +523,6 @@ class LatentDiffusionPipeline:
                 return schedules.to_x0(dcfg.prediction, out, z, a, s)
 
             self._predict = jax.jit(predict)
-        t = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (z.shape[0],))
         return np.asarray(self._predict(self._params, z, t, jnp.asarray(labels)))
 
     def denormalise(self, z_BxNxD) -> np.ndarray:

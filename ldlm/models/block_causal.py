@@ -112,16 +112,20 @@ class BlockCausalDiT(nnx.Module):
         x = self.in_proj(jnp.concatenate([z_BxTxD, self_cond_BxTxD], -1))
         return x + self.stream[...][stream].astype(x.dtype)[None, None, :]
 
-    def _condition(self, t_BxT, label_B):
-        """c_BxTxE: time embedding of each position's time plus the class embedding."""
-        B, T = t_BxT.shape
-        temb = timestep_embedding(t_BxT.reshape(-1), self.cfg.width).reshape(B, T, -1)
+    def _condition(self, t_BxK, label_B):
+        """c_BxKxE: the time embedding of K times per row plus the class embedding."""
+        B, K = t_BxK.shape
+        temb = timestep_embedding(t_BxK.reshape(-1), self.cfg.width).reshape(B, K, -1)
         c = self.time_mlp2(jax.nn.silu(self.time_mlp1(temb)))
         return c + jnp.take(self.class_embed[...], label_B, axis=0).astype(c.dtype)[:, None, :]
 
-    def _out(self, x_BxTxE, c_BxTxE):
-        shift, scale = jnp.split(self.final_ada(jax.nn.silu(c_BxTxE)).astype(x_BxTxE.dtype), 2,
-                                 axis=-1)
+    def _out(self, x_BxTxE, c, c_index_T=None):
+        """The output projection, modulated as in DiTBlock (c: BxE, or BxKxE with
+        c_index_T)."""
+        mods = self.final_ada(jax.nn.silu(c)).astype(x_BxTxE.dtype)
+        if c_index_T is not None:
+            mods = jnp.take(mods, c_index_T, axis=1)
+        shift, scale = jnp.split(mods, 2, axis=-1)
         return self.out_proj(modulate(layers.rms_normalize(x_BxTxE), shift, scale)).astype(
             jnp.float32)
 
@@ -132,8 +136,9 @@ class BlockCausalDiT(nnx.Module):
     def __call__(self, x0_BxWxD, z_BxWxD, t_BxW, *, self_cond_BxWxD=None, label_B=None,
                  latent_mask_BxW=None):
         """The network output (eps, x0 or v per config) on the noisy window, BxWxD: block b
-        of z denoised given the clean blocks < b of x0. t_BxW: each position's time (one per
-        diffusion block); latent_mask_BxW: False past the document's end (hidden as keys)."""
+        of z denoised given the clean blocks < b of x0. t_BxW: each position's time, one
+        per diffusion block (the first of each block is read); latent_mask_BxW: False past
+        the document's end (hidden as keys)."""
         B, W, _ = z_BxWxD.shape
         if self_cond_BxWxD is None:
             self_cond_BxWxD = jnp.zeros_like(z_BxWxD)
@@ -142,13 +147,19 @@ class BlockCausalDiT(nnx.Module):
         label_B = self._labels(label_B, B)
         x = jnp.concatenate([self._tokens(x0_BxWxD, jnp.zeros_like(x0_BxWxD), 0),
                              self._tokens(z_BxWxD, self_cond_BxWxD, 1)], axis=1)
-        c = self._condition(jnp.concatenate([jnp.zeros_like(t_BxW), t_BxW], axis=1), label_B)
+        # 1 + W/G conditions per row: the clean stream's (time 0), then each noisy block's;
+        # adaLN's modulation is computed once per condition, then gathered per position
+        t_blocks = t_BxW[:, ::self.G]
+        c = self._condition(jnp.concatenate([jnp.zeros_like(t_blocks[:, :1]), t_blocks], 1),
+                            label_B)
+        c_index = jnp.asarray(np.concatenate([np.zeros(W, np.int32),
+                                              1 + diffusion_blocks(W, self.G)]))
         keys_B2W = jnp.concatenate([latent_mask_BxW, latent_mask_BxW], axis=1)
         mask = jnp.asarray(two_stream_mask(W, self.G))[None] & keys_B2W[:, None, :]
         positions = jnp.concatenate([jnp.arange(W), jnp.arange(W)])
         for block in self.blocks:
-            x = layers.call_block(block, self.remat, x, c, mask, positions)
-        return self._out(x[:, W:], c[:, W:])
+            x = layers.call_block(block, self.remat, x, c, mask, positions, c_index)
+        return self._out(x[:, W:], c, c_index[W:])
 
     # ------------------------------------------------------------------ sampling with a cache
     def empty_cache(self, B: int, dtype=jnp.float32) -> KVCache:
@@ -157,13 +168,13 @@ class BlockCausalDiT(nnx.Module):
         return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                        jnp.zeros((B, self.cache_slots), bool))
 
-    def _with_cache(self, x_BxGxE, c_BxGxE, cache: KVCache, pos0, own_mask_BxGxG):
+    def _with_cache(self, x_BxGxE, c_BxE, cache: KVCache, pos0, own_mask_BxGxG):
         """Every layer with the G positions attending to the cache and to each other;
         returns (x, keys and values of the G positions, layers x B x G x H x K)."""
         positions = pos0 + jnp.arange(x_BxGxE.shape[1])
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
-            x_BxGxE, k, v = block.with_prefix(x_BxGxE, c_BxGxE, positions, cache.k[i],
+            x_BxGxE, k, v = block.with_prefix(x_BxGxE, c_BxE, positions, cache.k[i],
                                               cache.v[i], cache.valid_BxC, own_mask_BxGxG)
             ks.append(k)
             vs.append(v)
@@ -179,7 +190,7 @@ class BlockCausalDiT(nnx.Module):
             self_cond_BxGxD = jnp.zeros_like(z_BxGxD)
         if valid_BxG is None:
             valid_BxG = jnp.ones((B, G), bool)
-        c = self._condition(jnp.broadcast_to(t_B[:, None], (B, G)), self._labels(label_B, B))
+        c = self._condition(t_B[:, None], self._labels(label_B, B))[:, 0]  # one per block
         x = self._tokens(z_BxGxD, self_cond_BxGxD, 1)
         x, _, _ = self._with_cache(x, c, cache, pos0,
                                    jnp.broadcast_to(valid_BxG[:, None, :], (B, G, G)))
@@ -193,7 +204,7 @@ class BlockCausalDiT(nnx.Module):
         B, G, _ = x0_BxGxD.shape
         if valid_BxG is None:
             valid_BxG = jnp.ones((B, G), bool)
-        c = self._condition(jnp.zeros((B, G)), self._labels(label_B, B))
+        c = self._condition(jnp.zeros((B, 1)), self._labels(label_B, B))[:, 0]
         x = self._tokens(x0_BxGxD, jnp.zeros_like(x0_BxGxD), 0)
         _, k, v = self._with_cache(x, c, cache, pos0,
                                    jnp.broadcast_to(valid_BxG[:, None, :], (B, G, G)))

@@ -62,16 +62,23 @@ class DiTBlock(nnx.Module):
         self.ada = layers.Dense(width, 6 * width, rngs=rngs, names=("embed", "mlp"),
                                 use_bias=True, init=_zeros(), dtype=dtype)
 
-    def _mods(self, c, dtype):
-        return jnp.split(self.ada(jax.nn.silu(c)).astype(dtype), 6, axis=-1)
+    def _mods(self, c, dtype, c_index_T=None):
+        """The 6 modulation vectors; with c_index_T, c is BxKxW (K distinct conditions)
+        and position t takes condition c_index_T[t] (computed once per condition)."""
+        mods = self.ada(jax.nn.silu(c)).astype(dtype)
+        if c_index_T is not None:
+            mods = jnp.take(mods, c_index_T, axis=1)
+        return jnp.split(mods, 6, axis=-1)
 
     def _mlp_branch(self, x, shift, scale, gate):
         h = modulate(layers.rms_normalize(x), shift, scale)
         return x + per_position(gate) * self.mlp(h).astype(x.dtype)
 
-    def __call__(self, x_BxTxW, c, mask_BxTxT, positions_T=None):
-        """c: BxW (one condition for the sequence) or BxTxW (one per position)."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self._mods(c, x_BxTxW.dtype)
+    def __call__(self, x_BxTxW, c, mask_BxTxT, positions_T=None, c_index_T=None):
+        """c: BxW (one condition for the sequence), BxTxW (one per position), or BxKxW with
+        c_index_T (the condition of each position)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self._mods(c, x_BxTxW.dtype,
+                                                                  c_index_T)
         h = modulate(layers.rms_normalize(x_BxTxW), shift1, scale1)
         x = x_BxTxW + per_position(gate1) * self.attn(
             h, positions_T=positions_T, mask_BxTxT=mask_BxTxT).astype(x_BxTxW.dtype)
