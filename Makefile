@@ -14,6 +14,8 @@ STEPS ?= 16
 N ?= 8
 SAMPLER ?= dpm++
 SAMPLE_ARGS ?=
+MAX_TOKENS ?= 128
+PROMPT ?= The government has announced plans to
 RUN_DIR = runs/$(RUN)
 STAGE_ARGS = --exp $(EXP) --preset $(PRESET) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set $(s))
 
@@ -25,7 +27,7 @@ LATENTS_DONE = $(RUN_DIR)/latents/meta.json
 DIT_DONE = $(RUN_DIR)/dit/result.json
 AR_DONE = $(RUN_DIR)/ar/result.json
 
-.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample ar reference eval notebooks train-multiprocess clean-run
+.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample sample-prompt ar reference eval notebooks train-multiprocess clean-run
 
 help:
 	@echo "make setup      create .venv and install ldlm with its dev extra"
@@ -41,7 +43,8 @@ help:
 	@echo "make reference  train the larger reference LM for gen-PPL    [EXP PRESET RUN SET]"
 	@echo "make eval       ldlm vs the AR baseline vs real text         [EXP PRESET RUN SET]"
 	@echo "make notebooks  execute notebooks/ on a run, outputs in runs/<RUN>/notebooks [RUN]"
-	@echo "make sample     print samples and their speed  [RUN STEPS N SAMPLER SAMPLE_ARGS]"
+	@echo "make sample     print samples and their speed  [RUN STEPS N SAMPLER MAX_TOKENS SAMPLE_ARGS]"
+	@echo "make sample-prompt  two samples continuing PROMPT  [RUN STEPS SAMPLER MAX_TOKENS PROMPT]"
 
 setup:
 	python3.11 -m venv .venv
@@ -55,7 +58,7 @@ test-slow:
 	$(PYTHON) -m pytest -q -m slow
 
 demo: PRESET = cpu
-demo: data tokenizer vae latents dit sample
+demo: data tokenizer vae latents dit sample sample-prompt
 
 data:
 	$(LDLM) data $(STAGE_ARGS)
@@ -85,7 +88,11 @@ $(DIT_DONE): | $(LATENTS_DONE)
 # e.g. make sample STEPS=64 N=4 SAMPLE_ARGS="--label sports --guidance 2"
 sample: | $(DIT_DONE)
 	$(LDLM) sample --run-dir $(RUN_DIR) --steps $(STEPS) -n $(N) \
-		--sampler $(SAMPLER) $(SAMPLE_ARGS)
+		--sampler $(SAMPLER) --max-tokens $(MAX_TOKENS) $(SAMPLE_ARGS)
+
+sample-prompt: | $(DIT_DONE)
+	$(LDLM) sample --run-dir $(RUN_DIR) --steps $(STEPS) -n 2 \
+		--sampler $(SAMPLER) --max-tokens $(MAX_TOKENS) --prompt "$(PROMPT)" $(SAMPLE_ARGS)
 
 ar: | $(TOKENIZER_DONE)
 	$(LDLM) ar $(STAGE_ARGS)

@@ -9,6 +9,8 @@ CPU, the FLOP/s of a large float32 matmul measured in the same run.
 
     .venv/bin/python benchmarks/mfu.py [--preset cpu] [--models vae,dit,ar]
         [--meshes 1,1,1] [--steps 10] [--set k=v ...]
+
+The block-causal prior: --set dit.window=2 --set dit.block_size=4 (its "dit" row).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ldlm.mesh import batch_sharding, make_mesh, param_rules
 from ldlm.models.ar import build_ar
 from ldlm.train.ar import ar_loss
 from ldlm.models.dit import build_dit
+from ldlm.models.prior import build_prior
+from ldlm.train.block_causal import block_causal_loss
 from ldlm.train.dit import dit_loss
 from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
@@ -43,6 +47,13 @@ def synthetic(model: str, cfg: Config, vocab: int, B: int) -> tuple[dict, object
             return batch, build_ar(cfg, vocab), ar_loss
         return batch, build_vae(cfg, vocab), lambda m, b, k, s, t, counts: vae_loss(
             m, b, k, s, t, counts=counts, cfg=cfg.vae, total_steps=1000)
+    if cfg.dit.window:  # the block-causal prior: windows of dit.window blocks
+        K = cfg.dit.window
+        batch = {"z": jnp.asarray(rng.standard_normal((B, K * N, D)), jnp.float32),
+                 "latent_mask": jnp.ones((B, K * N), bool), "label": jnp.zeros(B, jnp.int32),
+                 "mask": jnp.ones((B, K, L), bool)}
+        return batch, build_prior(cfg, N, D, 5), lambda m, b, k, s, t, counts: \
+            block_causal_loss(m, b, k, s, t, counts=counts, cfg=cfg.dit)
     z = lambda: jnp.asarray(rng.standard_normal((B, N, D)), jnp.float32)  # noqa: E731
     batch = {"z": z(), "prev": z(), "next": z(), "has_prev": jnp.ones(B, bool),
              "has_next": jnp.ones(B, bool), "label": jnp.zeros(B, jnp.int32),

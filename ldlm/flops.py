@@ -35,6 +35,11 @@ def forward_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
         return a.layers * block_flops(B * L, a.width, a.mlp_dim, L) + B * L * 2 * a.width * vocab
     t = cfg.dit
     N, D, W = cfg.vae.num_latents, cfg.vae.latent_dim, t.width
+    if t.window:  # block-causal: [clean | noisy] window, adaLN once per block's condition
+        Wn = t.window * N
+        T, conds = 2 * Wn, 1 + Wn // t.block_size
+        flops = t.layers * (block_flops(B * T, W, t.mlp_dim, T) + B * conds * 2 * W * 6 * W)
+        return flops + B * (T * 2 * 2 * D * W + conds * 2 * W * 2 * W + Wn * 2 * W * D)
     T = N + 2 * (N // t.context_pool) if t.use_context else N
     flops = t.layers * (block_flops(B * T, W, t.mlp_dim, T) + B * 2 * W * 6 * W)
     return flops + B * (N * 2 * 2 * D * W + T * 2 * D * W + N * 2 * W * D)

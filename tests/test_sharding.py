@@ -16,6 +16,7 @@ from ldlm.config import MeshConfig, load_experiment
 from ldlm.mesh import RULE_SETS, batch_sharding, make_mesh
 from ldlm.models.ar import build_ar
 from ldlm.train.ar import ar_loss
+from ldlm.models.block_causal import build_block_causal
 from ldlm.models.dit import build_dit
 from ldlm.train.loop import (Task, _accumulated_grads, batch_counts, build_model,
                              make_train_step, replicate_unsharded)
@@ -35,7 +36,10 @@ def _cfg(overrides=()):
 def _builders(cfg):
     return {"vae": build_vae(cfg, VOCAB), "dit": build_dit(cfg, cfg.vae.num_latents,
                                                          cfg.vae.latent_dim, 5),
-            "ar": build_ar(cfg, VOCAB)}
+            "ar": build_ar(cfg, VOCAB),
+            "block_causal": build_block_causal(
+                cfg.override(["dit.window=2", "dit.block_size=4"]), cfg.vae.num_latents,
+                cfg.vae.latent_dim, 5)}
 
 
 def _specs(model_name, rules_name, mesh):
@@ -48,7 +52,8 @@ def _specs(model_name, rules_name, mesh):
 
 def test_parameter_layouts_match_the_golden_specs():
     mesh = make_mesh(MeshConfig(2, 2, 2))
-    got = {f"{m}/{r}": _specs(m, r, mesh) for m in ("vae", "dit", "ar") for r in RULE_SETS}
+    got = {f"{m}/{r}": _specs(m, r, mesh) for m in ("vae", "dit", "ar", "block_causal")
+           for r in RULE_SETS}
     golden = json.loads(GOLDEN.read_text())
     assert got == golden
     # spot checks by hand: width over fsdp, heads / MLP / vocabulary over tensor
@@ -58,6 +63,9 @@ def test_parameter_layouts_match_the_golden_specs():
     assert ar["['blocks'][0]['mlp']['down']['kernel'].value"] == "P('tensor', 'fsdp')"
     assert all("fsdp" not in v and "tensor" not in v for v in got["dit/replicated"].values())
     assert all("tensor" not in v for v in got["vae/fsdp"].values())
+    bc = got["block_causal/fsdp_tp"]
+    assert bc["['blocks'][1]['attn']['wk'].value"] == "P('fsdp', 'tensor', None)"
+    assert bc["['stream'].value"] == "P(None, 'fsdp')"
 
 
 def _vae_step_result(mesh_cfg, rules="fsdp_tp", overrides=()):

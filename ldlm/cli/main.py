@@ -54,7 +54,9 @@ def parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (with --label; 1 = plain conditional)")
     s.add_argument("--label", default=None, help="class label, e.g. sports")
     s.add_argument("--prompt", default=None, help="text to continue")
-    s.add_argument("--num-blocks", type=int, default=1, help="blocks per sample")
+    s.add_argument("--num-blocks", type=int, default=1, help="VAE blocks per sample")
+    s.add_argument("--max-tokens", type=int, default=None,
+                   help="tokens per sample (instead of --num-blocks)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 .. 1)")
     s.add_argument("--grid", default="uniform", help="uniform | quadratic")
@@ -93,6 +95,7 @@ def run_sample(args: argparse.Namespace) -> None:
     pipe = LatentDiffusionPipeline.from_pretrained(pathlib.Path(args.run_dir), step=args.step)
     kwargs = dict(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                   label=args.label, prompt=args.prompt, num_blocks=args.num_blocks,
+                  max_tokens=args.max_tokens,
                   eta=args.eta, grid=args.grid, temperature=args.temperature, seed=args.seed)
     start = time.perf_counter()
     pipe.generate(**kwargs)  # compiles; same shapes as the timed call
@@ -102,8 +105,9 @@ def run_sample(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     tokens = sum(len(pipe.vae.tokenizer.encode(t)) for t in texts)
     for i, text in enumerate(texts):
-        print(f"--- sample {i} ({args.label or 'unconditional'}, {args.steps} steps, "
-              f"{args.sampler})")
+        what = f"continuing {args.prompt!r}" if args.prompt else (args.label or
+                                                                 "unconditional")
+        print(f"--- sample {i} ({what}, {args.steps} steps, {args.sampler})")
         print(text)
     print(f"--- {len(texts)} samples in {seconds:.2f} s ({tokens / seconds:.0f} tokens/s; "
           f"first call with compilation {compile_s:.2f} s)")
