@@ -1,6 +1,8 @@
 """The block-causal prior: causality, one-pass training against a loop over blocks, KV-cached
 sampling against recomputing the window, and the pipeline's requests."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -263,3 +265,25 @@ def test_trajectory_edit_infill_and_estimates_of_the_block_causal_prior(window_p
     # near t = 0 the clean estimate (v-prediction) is the input itself
     np.testing.assert_allclose(pipe.predict_clean(z, np.full(3, 1e-4, np.float32)), z,
                                atol=1e-2)
+
+
+def test_the_dit_stage_trains_resumes_and_serves_a_block_causal_prior(tiny_dit, tmp_path):
+    from ldlm.stages.dit import run_dit
+    from tests.helpers import link_stages
+
+    cfg, src, _ = tiny_dit
+    run_dir = link_stages(src, tmp_path / "bc", ("data", "tokenizer", "vae", "latents"))
+    cfg = cfg.override(["dit.window=2", "dit.block_size=4", "dit_train.steps=4",
+                        "dit_train.checkpoint_every=2", "dit.sample_steps=2"])
+    run_dit(cfg, run_dir)
+    more = cfg.override(["dit_train.steps=6"])
+    run_dit(more, run_dir)  # resumes from step 4
+    log = (run_dir / "dit" / "metrics.jsonl").read_text()
+    assert '"step": 6' in log or '"step":6' in log
+    pipe = LatentDiffusionPipeline.from_pretrained(run_dir)
+    assert pipe.is_block_causal and pipe.has_context
+    assert len(pipe.generate(n=2, steps=2, prompt="Shares rose.", max_tokens=40)) == 2
+    with pytest.raises(ConfigError, match="dit.block_size"):  # another architecture
+        run_dit(more.override(["dit.block_size=8", "dit_train.steps=8"]), run_dir)
+    samples = json.loads(sorted((run_dir / "dit" / "samples").glob("*.json"))[-1].read_text())
+    assert all(s["text"] for s in samples["2"])
