@@ -41,6 +41,10 @@ def main() -> None:
     p.add_argument("--sampler", default="ddpm")
     p.add_argument("--entropies", default="5.5,5.75,6.0")
     p.add_argument("--out", default="benchmarks/results/block_size_table.json")
+    p.add_argument("--merge", default="",
+                   help="comma-separated earlier outputs whose rows join this table's")
+    p.add_argument("--no-base", action="store_true",
+                   help="only the --runs priors (real text, AR and per-block DiT from --merge)")
     args = p.parse_args()
 
     from ldlm.eval import compare
@@ -65,14 +69,17 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
 
-    rows: list[dict] = []
-    score("real text", {}, real_texts(args.base, args.n, args.tokens), 0.0)
-    for T in temps:
+    rows: list[dict] = [r for f in filter(None, args.merge.split(","))
+                        for r in json.loads(pathlib.Path(f).read_text())["rows"]]
+    names = list(dict.fromkeys(r["system"] for r in rows if r["system"] != "real text"))
+    if not args.no_base:
+        score("real text", {}, real_texts(args.base, args.n, args.tokens), 0.0)
+    for T in temps if not args.no_base else []:
         fn = ar_sampler(args.base, base, temperature=T)
         start = time.perf_counter()
         texts = ar_texts(fn, jax.random.PRNGKey(0), args.n, args.tokens, L)
         score("AR baseline", {"temperature": T}, texts, time.perf_counter() - start)
-    pipes = {"per-block DiT": base}
+    pipes = {} if args.no_base else {"per-block DiT": base}
     for run in filter(None, args.runs.split(",")):
         pipe = LatentDiffusionPipeline.from_pretrained(run)
         pipes[prior_name(pipe)] = pipe
@@ -88,12 +95,29 @@ def main() -> None:
     matched = {name: {str(h): matched_ppl([r for r in rows if r["system"] == name and
                                             r.get("steps", budgets[-1]) == budgets[-1]], h)
                       for h in entropies}
-               for name in ["AR baseline", *pipes]}
+               for name in dict.fromkeys([*names, "AR baseline", *pipes])
+               if any(r["system"] == name for r in rows)}
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "device": jax.devices()[0].device_kind,
                                "rows": rows, "matched": matched}, indent=1) + "\n")
-    print(json.dumps(matched, indent=1))
+    print(markdown(rows, matched, entropies))
+
+
+def markdown(rows: list[dict], matched: dict, entropies: list[float]) -> str:
+    """The rows, then gen-PPL at matched entropy, as markdown tables."""
+    out = ["| system | steps | T | gen-PPL | unigram H | distinct-2 | repeated 4-grams |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['system']} | {r.get('steps', '')} | {r.get('temperature', '')} | "
+                   f"{r['gen_ppl']:.0f} | {r['unigram_entropy']:.2f} | "
+                   f"{r['distinct_2']:.2f} | {100 * r['repeat_4']:.2f}% |")
+    out += ["", "| system | " + " | ".join(f"gen-PPL at H={h}" for h in entropies) + " |",
+            "|---|" + "---|" * len(entropies)]
+    for name, at in matched.items():
+        out.append(f"| {name} | " + " | ".join(
+            "-" if at[str(h)] is None else f"{at[str(h)]:.0f}" for h in entropies) + " |")
+    return "\n".join(out)
 
 
 def matched_ppl(rows: list[dict], entropy: float):

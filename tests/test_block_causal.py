@@ -45,11 +45,12 @@ def test_later_blocks_leave_the_outputs_up_to_block_b_unchanged(b):
     model = _model()
     x0, z, t, labels = _window()
     sc = jnp.ones_like(z)
-    out = model(x0, z, t, self_cond_BxWxD=sc, label_B=labels)
+    forward = nnx.jit(lambda m, x0, z, t, sc: m(x0, z, t, self_cond_BxWxD=sc, label_B=labels))
+    out = forward(model, x0, z, t, sc)
     cut = (b + 1) * G
     bump = jax.random.normal(jax.random.PRNGKey(9), (3, W - cut, D))
-    changed = model(x0.at[:, cut:].add(bump), z.at[:, cut:].add(bump), t.at[:, cut:].set(0.5),
-                    self_cond_BxWxD=sc.at[:, cut:].add(bump), label_B=labels)
+    changed = forward(model, x0.at[:, cut:].add(bump), z.at[:, cut:].add(bump),
+                      t.at[:, cut:].set(0.5), sc.at[:, cut:].add(bump))
     np.testing.assert_allclose(changed[:, :cut], out[:, :cut], atol=1e-6)
     assert float(jnp.abs(changed[:, cut:] - out[:, cut:]).max()) > 1e-2  # the bump is seen
 
@@ -183,6 +184,7 @@ def test_a_whole_window_prior_writes_one_window_and_takes_no_prompt(window_pipe)
             whole.generate(n=1, steps=1, **kwargs)
 
 
+@pytest.mark.slow  # about a minute: make test-slow
 def test_a_tiny_prior_trained_on_a_few_documents_continues_their_text(tiny_run, tiny_cfg):
     """A VAE and a block-causal prior overfit to the first blocks of the corpus: prompted
     with a document's block, the pipeline writes that document's next block."""

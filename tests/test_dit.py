@@ -1,6 +1,7 @@
 """Latent cache, DiT model, DiT training stage."""
 
 import dataclasses
+import functools
 import json
 
 import jax
@@ -175,10 +176,14 @@ def test_token_scores_are_the_decoders_and_the_token_loss_reaches_the_dit(tiny_d
     model = result.model()
     rng = jax.random.PRNGKey(3)
 
-    def loss(weight, train):
+    @functools.partial(nnx.jit, static_argnums=(1, 2))  # compiled: op by op is slow
+    def weighted_loss(m, weight, train):
         c = dataclasses.replace(cfg.dit, token_loss_weight=weight)
-        return dit_loss(model, batch, rng, 0, train, counts=batch_counts(batch), cfg=c,
+        return dit_loss(m, batch, rng, 0, train, counts=batch_counts(batch), cfg=c,
                         decoder_graphdef=graphdef, frozen=fixed)
+
+    def loss(weight, train):
+        return weighted_loss(model, weight, train)
 
     (l0, m0), (l1, m1) = loss(0.0, True), loss(0.5, True)
     assert "token_ce" not in m0  # no decoding in training without the token loss
@@ -186,10 +191,9 @@ def test_token_scores_are_the_decoders_and_the_token_loss_reaches_the_dit(tiny_d
     # evaluation reports the estimate's token scores but scores the diffusion loss alone
     (e0, n0), (e1, n1) = loss(0.0, False), loss(0.5, False)
     assert float(e0) == float(e1) and 0 <= float(n0["token_accuracy"]) <= 1
-    grads = [nnx.grad(lambda m, w=w: dit_loss(
-        m, batch, rng, 0, True, cfg=dataclasses.replace(cfg.dit, token_loss_weight=w),
-        counts=batch_counts(batch), decoder_graphdef=graphdef, frozen=fixed)[0])(model)
-        for w in (0.0, 0.5)]
+    grad = nnx.jit(lambda m, w: nnx.grad(lambda m: weighted_loss(m, w, True)[0])(m),
+                   static_argnums=1)
+    grads = [grad(model, w) for w in (0.0, 0.5)]
     g0, g1 = (jax.tree.leaves(nnx.state(g, nnx.Param)) for g in grads)
     assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(g0, g1))
 
