@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from ldlm.data import latents as latents_lib
-from ldlm.data.tokenizer import EOS_ID, through_eos
+from ldlm.data.tokenizer import EOS_ID, MASK_ID, through_eos
 from ldlm.diffusion import samplers, schedules
 from ldlm.errors import LdlmError, MissingStageError
 from ldlm.inference import block_sampling
@@ -113,10 +113,25 @@ class _BlockWriter:
     def commit_texts(self, texts) -> None:
         """Each row's text encoded by the VAE and committed, right-aligned: every row's
         text ends at the same position (shorter ones have empty slots before theirs), so
-        writing goes on at one position for the whole batch."""
-        pipe, model = self.pipe, self.model
-        rows = [pipe._encode_blocks(t, "prompt", eos=False).reshape(-1, pipe.D)
-                for t in texts]
+        writing goes on at one position for the whole batch.
+
+        A text that ends inside a VAE block has that block filled up with the mask token
+        (the encoder learnt to read masked positions): its latents stand for a whole block
+        that begins with the text's last tokens, where the prior never saw a block cut
+        short followed by more text (prompts committed as short blocks were continued with
+        empty text on the `cpu` run). The masked positions themselves are not written: the
+        decoder fills an 85%-masked block with noise, so the continuation starts at the next
+        block boundary."""
+        pipe, model, L = self.pipe, self.model, self.pipe.vae.block_len
+        rows = []
+        for t in texts:
+            blocks = pipe.vae.blocks(t, eos=False)
+            if not blocks:
+                raise PipelineError("the prompt text has no tokens")
+            own = len(blocks[-1])
+            blocks[-1] = blocks[-1] + [MASK_ID] * (L - own)
+            z = pipe._normaliser.normalise(pipe.vae.encode_tokens(pipe.vae.pad(blocks)[0]))
+            rows.append(z.reshape(-1, pipe.D))
         longest = max(len(r) for r in rows)
         if longest > model.cache_slots:
             raise PipelineError(
