@@ -16,7 +16,13 @@ stochastic samplers add; below 1 it trades diversity for likelier text.
 - `edit`: re-noise the latents of texts to `strength` and denoise again (SDEdit).
 - `trajectory`: the decoded clean-text estimate at every step.
 - `predict_clean`: the DiT's one-step clean estimate from noisy latents (diagnostics).
-Continuation and infilling need a DiT trained with `dit.use_context=true`.
+Continuation and infilling need a DiT trained with `dit.use_context=true`, or a block-causal
+prior (`dit.window > 0`) whose diffusion blocks are smaller than its window. With the
+block-causal prior, texts are written diffusion block after diffusion block against a KV
+cache of the clean history (`_BlockWriter`, ldlm/inference/block_sampling.py), prompts are
+committed into that cache first, `max_tokens` sets the length, and infilling samples
+continuations of the text before and keeps those after which the prior best predicts the
+text after.
 """
 
 from __future__ import annotations
