@@ -90,6 +90,14 @@ def _history_error_fn(graphdef, dcfg, times_T):
     return run
 
 
+def _pad_to_blocks(z_BxTxD, G: int) -> np.ndarray:
+    """z with zeros appended along T up to a multiple of G (whole diffusion blocks)."""
+    B, T, D = z_BxTxD.shape
+    padded = np.zeros((B, -(-T // G) * G, D), np.float32)
+    padded[:, :T] = z_BxTxD
+    return padded
+
+
 def _estimate_and_commit_fn(graphdef, dcfg):
     """fn(params, cache, z_BxGxD, t_B, pos0, label_B) -> (the clean estimate of the block
     from z at times t given the cache, the cache with that estimate committed)."""
@@ -128,16 +136,9 @@ class _BlockWriter:
         empty text on the `cpu` run). The masked positions themselves are not written: the
         decoder fills an 85%-masked block with noise, so the continuation starts at the next
         block boundary."""
-        pipe, model, L = self.pipe, self.model, self.pipe.vae.block_len
-        rows = []
-        for t in texts:
-            blocks = pipe.vae.blocks(t, eos=False)
-            if not blocks:
-                raise PipelineError("the prompt text has no tokens")
-            own = len(blocks[-1])
-            blocks[-1] = blocks[-1] + [MASK_ID] * (L - own)
-            z = pipe._normaliser.normalise(pipe.vae.encode_tokens(pipe.vae.pad(blocks)[0]))
-            rows.append(z.reshape(-1, pipe.D))
+        pipe, model = self.pipe, self.model
+        rows = [pipe._encode_blocks(t, "prompt", eos=False, fill_last=True).reshape(-1, pipe.D)
+                for t in texts]
         longest = max(len(r) for r in rows)
         if longest > model.cache_slots:
             raise PipelineError(
@@ -337,8 +338,7 @@ class LatentDiffusionPipeline:
         B, n_latents, G = z_BxNxD.shape[0], z_BxNxD.shape[1], model.G
         fn = self._jitted_fn(("predict_window",), lambda: jax.jit(
             _estimate_and_commit_fn(self._graphdef, self.cfg.dit)))
-        padded = np.zeros((B, -(-n_latents // G) * G, self.D), np.float32)
-        padded[:, :n_latents] = z_BxNxD
+        padded = _pad_to_blocks(z_BxNxD, G)
         cache, out = model.empty_cache(B), []
         for start in range(0, padded.shape[1], G):
             x0, cache = fn(self._params, cache, jnp.asarray(padded[:, start:start + G]), t_B,
@@ -375,10 +375,8 @@ class LatentDiffusionPipeline:
         for i, text in enumerate(texts):
             x0 = self._encode_blocks(text, f"text {i}", eos=True)
             K = len(x0)
-            flat = x0.reshape(-1, self.D)
             G = self._block_causal.G
-            padded = np.zeros((-(-len(flat) // G) * G, self.D), np.float32)
-            padded[:len(flat)] = flat
+            padded = _pad_to_blocks(x0.reshape(1, -1, self.D), G)[0]
             writer = _BlockWriter(self, 1, labels[i:i + 1], guidance)
             edited = []
             for b in range(len(padded) // G):
@@ -413,16 +411,12 @@ class LatentDiffusionPipeline:
         """Per row, the prior's mean squared error of the clean estimate of x0 (the latents
         that would come next), teacher-forced block by block against the row's history: low
         where x0 is a likely continuation of it."""
-        model, G = self._block_causal, writer.G
-        B = x0_BxKxD.shape[0]
-        rows = slice(0, B)  # with guidance the cache's first B rows are the conditional ones
-        dcfg = self.cfg.dit
+        G, B = writer.G, x0_BxKxD.shape[0]
         fn = self._jitted_fn(("history_fit",), lambda: jax.jit(_history_error_fn(
-            self._graphdef, dcfg, jnp.asarray(times, jnp.float32))))
-        cache = writer.cache
-        cache = type(cache)(cache.k[:, rows], cache.v[:, rows], cache.valid_BxC[rows])
-        padded = np.zeros((B, -(-x0_BxKxD.shape[1] // G) * G, self.D), np.float32)
-        padded[:, :x0_BxKxD.shape[1]] = x0_BxKxD
+            self._graphdef, self.cfg.dit, jnp.asarray(times, jnp.float32))))
+        c = writer.cache  # with guidance its first B rows are the conditional ones
+        cache = type(c)(c.k[:, :B], c.v[:, :B], c.valid_BxC[:B])
+        padded = _pad_to_blocks(x0_BxKxD, G)
         error = np.zeros(B)
         for b in range(padded.shape[1] // G):
             block = jnp.asarray(padded[:, b * G:(b + 1) * G])
@@ -498,11 +492,8 @@ class LatentDiffusionPipeline:
         z_T = temperature * jax.random.normal(key, (n, self.N, self.D))
         guided = self._guided(labels, guidance)
         # the scan's length is the step count, so a trajectory compiles once per budget
-        cache_key = (sampler, grid, guided, "trajectory", steps)
-        if cache_key not in self._jitted:
-            self._jitted[cache_key] = jax.jit(
-                self._denoiser(sampler, grid, guided, trajectory_steps=steps))
-        fn = self._jitted[cache_key]
+        fn = self._jitted_fn((sampler, grid, guided, "trajectory", steps), lambda: jax.jit(
+            self._denoiser(sampler, grid, guided, trajectory_steps=steps)))
         z, estimates = fn(self._params, z_T, steps, jax.random.fold_in(key, 2),
                           jnp.asarray(labels), jnp.float32(guidance),
                           _Context.empty(n, self.N, self.D).arrays(), jnp.float32(1.0),
@@ -582,10 +573,9 @@ class LatentDiffusionPipeline:
     def _run(self, key, z, steps, sampler, grid, labels, guidance, ctx: _Context, eta,
              temperature, t_start=1.0):
         guided = self._guided(labels, guidance)
-        cache_key = (sampler, grid, guided)
-        if cache_key not in self._jitted:
-            self._jitted[cache_key] = jax.jit(self._denoiser(sampler, grid, guided))
-        return self._jitted[cache_key](
+        fn = self._jitted_fn((sampler, grid, guided), lambda: jax.jit(
+            self._denoiser(sampler, grid, guided)))
+        return fn(
             self._params, jnp.asarray(z, jnp.float32), jnp.int32(steps),
             jax.random.fold_in(key, 2), jnp.asarray(labels), jnp.float32(guidance),
             ctx.arrays(), jnp.float32(t_start), jnp.float32(eta), jnp.float32(temperature))
@@ -605,12 +595,17 @@ class LatentDiffusionPipeline:
         tokens, real = self.vae.decode_tokens(self.denormalise(z_BxNxD))
         return [through_eos(t[m]) for t, m in zip(tokens, real)]
 
-    def _encode_blocks(self, text: str, what: str, eos: bool) -> np.ndarray:
+    def _encode_blocks(self, text: str, what: str, eos: bool,
+                       fill_last: bool = False) -> np.ndarray:
+        """Normalised latents K x N x D of a text's blocks; with `fill_last` a last block
+        cut short is filled up with the mask token (see `_BlockWriter.commit_texts`)."""
         if not isinstance(text, str) or not text.strip():
             raise PipelineError(f"the {what} text is empty")
         blocks = self.vae.blocks(text, eos=eos)
         if not blocks:
             raise PipelineError(f"the {what} text has no tokens")
+        if fill_last:
+            blocks[-1] = blocks[-1] + [MASK_ID] * (self.vae.block_len - len(blocks[-1]))
         return self._normaliser.normalise(self.vae.encode_tokens(self.vae.pad(blocks)[0]))
 
     def _last_block(self, text: str, what: str) -> np.ndarray:
