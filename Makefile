@@ -24,10 +24,11 @@ DATA_DONE = $(RUN_DIR)/data/stats.json
 TOKENIZER_DONE = $(RUN_DIR)/tokenizer/stats.json
 VAE_DONE = $(RUN_DIR)/vae/eval.json
 LATENTS_DONE = $(RUN_DIR)/latents/meta.json
+DECODER_DONE = $(RUN_DIR)/decoder/eval.json
 DIT_DONE = $(RUN_DIR)/dit/result.json
 AR_DONE = $(RUN_DIR)/ar/result.json
 
-.PHONY: help setup test test-slow demo data tokenizer vae latents dit sample sample-prompt ar reference eval notebooks train-multiprocess clean-run
+.PHONY: help setup test test-slow demo data tokenizer vae latents decoder dit sample sample-prompt ar reference eval notebooks train-multiprocess clean-run
 
 help:
 	@echo "make setup      create .venv and install ldlm with its dev extra"
@@ -38,6 +39,7 @@ help:
 	@echo "make tokenizer  train sentencepiece, cut blocks of L tokens  [EXP PRESET RUN SET]"
 	@echo "make vae        train + evaluate the TextVAE (resumes)       [EXP PRESET RUN SET]"
 	@echo "make latents    encode the corpus with the trained VAE       [EXP PRESET RUN SET]"
+	@echo "make decoder    fine-tune the decoder to see the previous block [EXP PRESET RUN SET]"
 	@echo "make dit        train the latent DiT, dump samples (resumes) [EXP PRESET RUN SET]"
 	@echo "make ar         train the autoregressive baseline (resumes)  [EXP PRESET RUN SET]"
 	@echo "make reference  train the larger reference LM for gen-PPL    [EXP PRESET RUN SET]"
@@ -58,7 +60,7 @@ test-slow:
 	$(PYTHON) -m pytest -q -m slow
 
 demo: PRESET = cpu
-demo: data tokenizer vae latents dit sample sample-prompt
+demo: data tokenizer vae latents decoder dit sample sample-prompt
 
 data:
 	$(LDLM) data $(STAGE_ARGS)
@@ -79,6 +81,11 @@ latents: | $(VAE_DONE)
 	$(LDLM) latents $(STAGE_ARGS)
 $(LATENTS_DONE): | $(VAE_DONE)
 	$(LDLM) latents $(STAGE_ARGS)
+
+decoder: | $(LATENTS_DONE)
+	$(LDLM) decoder $(STAGE_ARGS)
+$(DECODER_DONE): | $(LATENTS_DONE)
+	$(LDLM) decoder $(STAGE_ARGS)
 
 dit: | $(LATENTS_DONE)
 	$(LDLM) dit $(STAGE_ARGS)

@@ -131,6 +131,16 @@ class DiTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """The seam decoder (`make decoder`, ldlm/models/seam_decoder.py): the VAE decoder
+    fine-tuned on the latent cache to see the preceding VAE block's latents as well."""
+
+    # Gaussian noise added to both blocks' latents in training, sigma ~ U(0, max) per
+    # block (as vae.latent_noise_max): the prior's latents are imperfect
+    latent_noise_max: float = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
 class ARConfig:
     """Autoregressive baseline LM (ldlm/models/ar.py): a causal transformer on the same
     blocks, sized to match the DiT plus the VAE decoder."""
@@ -185,7 +195,7 @@ class TrainConfig:
     eval_batches: int = 8  # validation batches per evaluation
 
 
-TRAIN_SECTIONS = ("vae_train", "dit_train", "ar_train", "reference_train")
+TRAIN_SECTIONS = ("vae_train", "decoder_train", "dit_train", "ar_train", "reference_train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +208,8 @@ class Config:
     mesh: MeshConfig = MeshConfig()
     vae: VAEConfig = VAEConfig()
     vae_train: TrainConfig = TrainConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    decoder_train: TrainConfig = TrainConfig(steps=400, lr=5e-4)
     dit: DiTConfig = DiTConfig()
     dit_train: TrainConfig = TrainConfig(lr=1e-3, ema_decay=0.999)
     ar: ARConfig = ARConfig()
@@ -465,6 +477,8 @@ def preset_config(preset: str) -> Config:
                           num_latents=8, latent_dim=16),
             vae_train=TrainConfig(steps=60, lr=3e-3, checkpoint_every=20, log_every=10,
                                   eval_batches=2),
+            decoder_train=TrainConfig(steps=20, lr=2e-3, checkpoint_every=10, log_every=10,
+                                      eval_batches=2),
             dit=DiTConfig(width=64, heads=2, mlp_dim=128, layers=2, sample_steps=(5,)),
             dit_train=TrainConfig(steps=40, lr=2e-3, ema_decay=0.9, checkpoint_every=20,
                                   log_every=10, eval_batches=2),
@@ -489,6 +503,8 @@ def preset_config(preset: str) -> Config:
                           num_latents=16, latent_dim=64, token_mask_prob=0.4),
             vae_train=TrainConfig(steps=800, lr=2e-3, checkpoint_every=200, log_every=20,
                                   eval_batches=8),
+            decoder_train=TrainConfig(steps=400, lr=5e-4, checkpoint_every=200, log_every=20,
+                                      eval_batches=8),
             # the block-causal prior over windows of 2 VAE blocks (32 latents, 128 tokens) in
             # diffusion blocks of 1 latent: of G = 1, 2, 4, 16 and the per-block DiT
             # (dit.window=0: 3,000 steps in about the same time), it scored the lowest
@@ -517,6 +533,9 @@ def preset_config(preset: str) -> Config:
         vae_train=TrainConfig(steps=50_000, lr=5e-4, warmup_frac=0.02, ema_decay=0.999,
                               compute_dtype="bfloat16", checkpoint_every=2000, log_every=100,
                               eval_every=5000, eval_batches=32),
+        decoder_train=TrainConfig(steps=10_000, lr=2e-4, warmup_frac=0.02, ema_decay=0.999,
+                                  compute_dtype="bfloat16", checkpoint_every=2000,
+                                  log_every=100, eval_every=5000, eval_batches=32),
         dit=DiTConfig(width=768, heads=12, mlp_dim=2048, layers=12, sample_every=10_000),
         dit_train=TrainConfig(steps=200_000, lr=3e-4, warmup_frac=0.01, ema_decay=0.9999,
                               compute_dtype="bfloat16", checkpoint_every=5000, log_every=100,

@@ -21,6 +21,7 @@ from ldlm.models.dit import build_dit
 from ldlm.train.loop import (Task, _accumulated_grads, batch_counts, build_model,
                              make_train_step, replicate_unsharded)
 from ldlm.train.state import init_state, make_optimizer
+from ldlm.models.seam_decoder import build_seam_decoder
 from ldlm.models.vae import build_vae
 from ldlm.train.vae import vae_loss
 from tests.helpers import assert_trees_close
@@ -39,7 +40,8 @@ def _builders(cfg):
             "ar": build_ar(cfg, VOCAB),
             "block_causal": build_block_causal(
                 cfg.override(["dit.window=2", "dit.block_size=4"]), cfg.vae.num_latents,
-                cfg.vae.latent_dim, 5)}
+                cfg.vae.latent_dim, 5),
+            "seam_decoder": build_seam_decoder(cfg, VOCAB)}
 
 
 def _specs(model_name, rules_name, mesh):
@@ -52,7 +54,8 @@ def _specs(model_name, rules_name, mesh):
 
 def test_parameter_layouts_match_the_golden_specs():
     mesh = make_mesh(MeshConfig(2, 2, 2))
-    got = {f"{m}/{r}": _specs(m, r, mesh) for m in ("vae", "dit", "ar", "block_causal")
+    got = {f"{m}/{r}": _specs(m, r, mesh) for m in ("vae", "dit", "ar", "block_causal",
+                                                          "seam_decoder")
            for r in RULE_SETS}
     golden = json.loads(GOLDEN.read_text())
     assert got == golden
@@ -66,6 +69,10 @@ def test_parameter_layouts_match_the_golden_specs():
     bc = got["block_causal/fsdp_tp"]
     assert bc["['blocks'][1]['attn']['wk'].value"] == "P('fsdp', 'tensor', None)"
     assert bc["['stream'].value"] == "P(None, 'fsdp')"
+    # the seam decoder is laid out as the VAE decoder whose weights it starts from
+    for rules in RULE_SETS:
+        seam, vae = got[f"seam_decoder/{rules}"], got[f"vae/{rules}"]
+        assert seam == {k: vae[k] for k in seam}
 
 
 def _vae_step_result(mesh_cfg, rules="fsdp_tp", overrides=()):

@@ -23,6 +23,8 @@ STAGES = {
     "tokenizer": ("ldlm.stages.data:run_tokenizer", "train sentencepiece, cut token blocks"),
     "vae": ("ldlm.stages.vae:run_vae", "train and evaluate the TextVAE (resumes)"),
     "latents": ("ldlm.stages.latents:run_latents", "encode the corpus with the trained VAE"),
+    "decoder": ("ldlm.stages.decoder:run_decoder",
+                "fine-tune the decoder to see the previous block (resumes)"),
     "dit": ("ldlm.stages.dit:run_dit", "train the latent DiT, dump samples (resumes)"),
     "ar": ("ldlm.stages.ar:run_ar", "train the autoregressive baseline (resumes)"),
     "reference": ("ldlm.stages.ar:run_reference", "train the reference LM (resumes)"),

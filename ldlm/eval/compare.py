@@ -47,6 +47,7 @@ class ReferenceLM:
     def __init__(self, model, block_len: int):
         self.block_len = block_len
         self._score = jax.jit(lambda t, m: _nll_and_features(model, t, m))
+        self._token_nll = jax.jit(lambda t, m: _token_nll(model, t, m)[0])
 
     def score(self, seqs) -> tuple[float, int, np.ndarray]:
         """Total negative log-likelihood (nats), token count, and mean hidden state per
@@ -58,14 +59,27 @@ class ReferenceLM:
     def features(self, seqs) -> np.ndarray:
         return self.score(seqs)[2]
 
+    def token_nll(self, seqs) -> list[np.ndarray]:
+        """Per sequence, the negative log-likelihood (nats) of each of its tokens given the
+        tokens before it."""
+        t, m = pad_rows(seqs, self.block_len)
+        nll = np.asarray(self._token_nll(t, m))
+        return [row[:len(s)] for row, s in zip(nll, seqs)]
+
+
+def _token_nll(model, tokens_BxL, mask_BxL):
+    """Per-token NLL BxL (zero on padding) and the hidden states BxLxD."""
+    h = model.hidden(shift_right(jnp.where(mask_BxL, tokens_BxL, 0)))
+    logp = jax.nn.log_softmax(model.embed.attend(h), -1)
+    nll = -jnp.take_along_axis(logp, tokens_BxL[..., None], -1)[..., 0]
+    return nll * mask_BxL, h
+
 
 def _nll_and_features(model, tokens, mask):
-    h = model.hidden(shift_right(jnp.where(mask, tokens, 0)))
-    logp = jax.nn.log_softmax(model.embed.attend(h), -1)
-    nll = -jnp.take_along_axis(logp, tokens[..., None], -1)[..., 0]
+    nll, h = _token_nll(model, tokens, mask)
     m = mask[..., None].astype(h.dtype)
     features = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-    return (nll * mask).sum(), features
+    return nll.sum(), features
 
 
 def quality(seqs, ref: ReferenceLM, real_features, train_8grams) -> dict:

@@ -41,7 +41,7 @@ from ldlm.data.tokenizer import EOS_ID, MASK_ID, through_eos
 from ldlm.diffusion import samplers, schedules
 from ldlm.errors import LdlmError, MissingStageError
 from ldlm.inference import block_sampling
-from ldlm.inference.textvae import TextVAE
+from ldlm.inference.textvae import BlockReader, TextVAE
 from ldlm.loading import load_stage_model, stage_config
 from ldlm.models.block_causal import BlockCausalDiT
 from ldlm.models.prior import build_prior
@@ -124,7 +124,7 @@ class _BlockWriter:
         self.cache = self.model.empty_cache(2 * n if self.guided else n)
         self.pos = 0
 
-    def commit_texts(self, texts) -> None:
+    def commit_texts(self, texts) -> np.ndarray:
         """Each row's text encoded by the VAE and committed, right-aligned: every row's
         text ends at the same position (shorter ones have empty slots before theirs), so
         writing goes on at one position for the whole batch.
@@ -135,10 +135,11 @@ class _BlockWriter:
         short followed by more text (prompts committed as short blocks were continued with
         empty text on the `cpu` run). The masked positions themselves are not written: the
         decoder fills an 85%-masked block with noise, so the continuation starts at the next
-        block boundary."""
+        block boundary. Returns each text's last VAE block (normalised, B x N x D), the
+        block the text written next follows."""
         pipe, model = self.pipe, self.model
-        rows = [pipe._encode_blocks(t, "prompt", eos=False, fill_last=True).reshape(-1, pipe.D)
-                for t in texts]
+        blocks = [pipe._encode_blocks(t, "prompt", eos=False, fill_last=True) for t in texts]
+        rows = [b.reshape(-1, pipe.D) for b in blocks]
         longest = max(len(r) for r in rows)
         if longest > model.cache_slots:
             raise PipelineError(
@@ -146,6 +147,7 @@ class _BlockWriter:
                 f"prior's history holds {model.cache_slots} (its window less one diffusion "
                 "block): shorten the prompt")
         self.commit_latents(rows)
+        return np.stack([b[-1] for b in blocks])
 
     def commit_latents(self, rows) -> None:
         """Commits one latent sequence per row (normalised, right-aligned as above)."""
@@ -284,13 +286,14 @@ class LatentDiffusionPipeline:
             for i, p in enumerate(prompts):
                 ctx.prev_BxNxD[i] = self._last_block(p, "prompt")
             ctx.has_prev_B[:] = True
+        reader = self._reader(ctx.prev_BxNxD, ctx.has_prev_B)
         key = jax.random.PRNGKey(seed)
         tokens = [[] for _ in range(n)]
         done = np.zeros(n, bool)
         for b in range(num_blocks):
             z = self._denoise(jax.random.fold_in(key, b), n, steps, sampler, grid, labels,
                               guidance, ctx, eta, temperature)
-            for i, ids in enumerate(self._block_tokens(z)):
+            for i, ids in enumerate(self._block_tokens(z, reader)):
                 if not done[i]:
                     tokens[i].extend(ids)
                     done[i] = EOS_ID in ids
@@ -305,8 +308,9 @@ class LatentDiffusionPipeline:
         of the clean history (the prompt's latents first); each VAE block is decoded as
         soon as its latents are complete, and a sample stops at EOS."""
         writer = _BlockWriter(self, n, labels, guidance)
-        if prompts is not None:
-            writer.commit_texts(prompts)
+        last = writer.commit_texts(prompts) if prompts is not None else None
+        reader = self._reader(last if last is not None else np.zeros((n, self.N, self.D)),
+                              last is not None)
         key = jax.random.PRNGKey(seed)
         tokens = [[] for _ in range(n)]
         done = np.zeros(n, bool)
@@ -317,7 +321,7 @@ class LatentDiffusionPipeline:
                                   temperature)
             pending = np.concatenate([pending, z], axis=1)
             while pending.shape[1] >= self.N and written < num_blocks:
-                for i, ids in enumerate(self._block_tokens(pending[:, :self.N])):
+                for i, ids in enumerate(self._block_tokens(pending[:, :self.N], reader)):
                     if not done[i]:
                         tokens[i].extend(ids)
                         done[i] = EOS_ID in ids
@@ -386,8 +390,9 @@ class LatentDiffusionPipeline:
                 edited.append(writer.next_block(k, sampler, grid, steps, eta, temperature,
                                                 z_start=z, t_start=strength))
             z = np.concatenate(edited, axis=1)[0, :K * self.N].reshape(K, self.N, self.D)
+            reader = self._reader(np.zeros((1, self.N, self.D)), [False])
             out.append(self.vae.tokenizer.decode(
-                [t for ids in self._block_tokens(z) for t in ids]))
+                [t for k in range(K) for t in self._block_tokens(z[k:k + 1], reader)[0]]))
         return out
 
     def _infill_windows(self, before, after, n, steps, sampler, guidance, labels, seed, eta,
@@ -397,14 +402,15 @@ class LatentDiffusionPipeline:
         error at a few noise levels, given [before | candidate]); the n best, best first."""
         m = n * candidates_per_sample
         writer = _BlockWriter(self, m, np.repeat(labels, candidates_per_sample), guidance)
-        writer.commit_texts([before] * m)
+        last = writer.commit_texts([before] * m)
         z = self._window_latents(writer, jax.random.PRNGKey(seed), self.N, sampler, grid,
                                  steps, eta, temperature)
         target = self._first_block(after, "after")
         error = self._history_fit(writer, np.broadcast_to(target, (m,) + target.shape),
                                   jax.random.PRNGKey(seed + 1))
         best = np.argsort(error)[:n]
-        return [self.vae.tokenizer.decode(ids) for ids in self._block_tokens(z[best])]
+        return [self.vae.tokenizer.decode(ids)
+                for ids in self._block_tokens(z[best], self._reader(last[best]))]
 
     def _history_fit(self, writer: "_BlockWriter", x0_BxKxD, key,
                      times=(0.2, 0.4, 0.6, 0.8)) -> np.ndarray:
@@ -444,7 +450,8 @@ class LatentDiffusionPipeline:
         ctx.next_BxNxD[:], ctx.has_next_B[:] = self._first_block(after, "after"), True
         z = self._denoise(jax.random.PRNGKey(seed), n, steps, sampler, grid,
                           self._labels(label, n), guidance, ctx, eta, temperature)
-        return [self.vae.tokenizer.decode(ids) for ids in self._block_tokens(z)]
+        return [self.vae.tokenizer.decode(ids)
+                for ids in self._block_tokens(z, self._reader(ctx.prev_BxNxD))]
 
     def edit(self, texts: str | Sequence[str], strength: float = 0.5, steps: int = 16,
              sampler: str = "ddim", guidance: float = 1.0, label=None, seed: int = 0,
@@ -473,8 +480,12 @@ class LatentDiffusionPipeline:
         z = a * x0 + s * eps
         out = self._run(key, z, steps, sampler, grid, labels, guidance, ctx, eta, temperature,
                         strength)
+        out = np.asarray(out)[:B]
+        # each edited block read after the edited block before it in its text
+        prev = np.concatenate([np.zeros_like(out[:1]), out[:-1]])
+        reader = self._reader(prev, np.r_[False, owners[1:] == owners[:-1]])
         tokens = [[] for _ in texts]
-        for owner, ids in zip(owners, self._block_tokens(np.asarray(out)[:B])):
+        for owner, ids in zip(owners, self._block_tokens(out, reader)):
             tokens[owner].extend(ids)
         return [self.vae.tokenizer.decode(t) for t in tokens]
 
@@ -504,16 +515,28 @@ class LatentDiffusionPipeline:
 
     def sample_latents(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
                        guidance: float = 1.0, label=None, seed: int = 0, eta: float = 0.0,
-                       grid: str = "uniform", temperature: float = 1.0) -> np.ndarray:
-        """n normalised latent blocks, n x N x D (decode them with `decode`)."""
-        self._check(n=n, steps=steps, sampler=sampler, grid=grid, temperature=temperature)
+                       grid: str = "uniform", temperature: float = 1.0,
+                       num_blocks: int = 1) -> np.ndarray:
+        """n normalised latent blocks, n x N x D, or with num_blocks K > 1 n texts of K
+        consecutive blocks, n x K x N x D (what `generate` decodes; decode them with
+        `decode`)."""
+        self._check(n=n, steps=steps, sampler=sampler, grid=grid, temperature=temperature,
+                    num_blocks=num_blocks)
+        labels, key = self._labels(label, n), jax.random.PRNGKey(seed)
         if self.is_block_causal:
-            writer = _BlockWriter(self, n, self._labels(label, n), guidance)
-            return self._window_latents(writer, jax.random.PRNGKey(seed), self.N, sampler,
-                                        grid, steps, eta, temperature)
-        return self._denoise(jax.random.fold_in(jax.random.PRNGKey(seed), 0), n, steps,
-                             sampler, grid, self._labels(label, n), guidance,
-                             _Context.empty(n, self.N, self.D), eta, temperature)
+            writer = _BlockWriter(self, n, labels, guidance)
+            z = self._window_latents(writer, key, num_blocks * self.N, sampler, grid, steps,
+                                     eta, temperature)
+            z = z.reshape(n, num_blocks, self.N, self.D)
+        else:
+            ctx, blocks = _Context.empty(n, self.N, self.D), []
+            for b in range(num_blocks):  # as `generate`: each block after the one before
+                blocks.append(np.asarray(self._denoise(jax.random.fold_in(key, b), n, steps,
+                                                       sampler, grid, labels, guidance, ctx,
+                                                       eta, temperature)))
+                ctx.prev_BxNxD[:], ctx.has_prev_B[:] = blocks[-1], self.has_context
+            z = np.stack(blocks, axis=1)
+        return z[:, 0] if num_blocks == 1 else z
 
     def predict_clean(self, z_t_BxNxD, t_B, label=None) -> np.ndarray:
         """The DiT's one-pass estimate of the clean normalised latents from noisy ones at
@@ -542,8 +565,13 @@ class LatentDiffusionPipeline:
         return self._normaliser.denormalise(np.asarray(z_BxNxD, np.float32)).astype(np.float32)
 
     def decode(self, z_BxNxD) -> list[str]:
-        """Texts of normalised latent blocks."""
-        return [self.vae.tokenizer.decode(ids) for ids in self._block_tokens(z_BxNxD)]
+        """Texts of normalised latent blocks; z of shape n x K x N x D holds K consecutive
+        blocks per text, read in order (with the seam decoder, each seeing the one before)
+        and joined through the first EOS."""
+        z = np.asarray(z_BxNxD, np.float32)
+        if z.ndim == 4:
+            return self.vae.decode(self.denormalise(z))
+        return [self.vae.tokenizer.decode(ids) for ids in self._block_tokens(z)]
 
     # ------------------------------------------------------------------ denoising
     def _denoiser(self, sampler: str, grid: str, guided: bool, trajectory_steps=None):
@@ -590,10 +618,20 @@ class LatentDiffusionPipeline:
         return bool(guidance != 1.0 and (labels != self._null).any())
 
     # ------------------------------------------------------------------ text <-> latents
-    def _block_tokens(self, z_BxNxD) -> list[list[int]]:
-        """Token ids of each normalised latent block: real positions, through the first EOS."""
-        tokens, real = self.vae.decode_tokens(self.denormalise(z_BxNxD))
+    def _block_tokens(self, z_BxNxD, reader: BlockReader | None = None) -> list[list[int]]:
+        """Token ids of each normalised latent block: real positions, through the first EOS;
+        with a `reader`, the next block of each of its texts (seeing the block before)."""
+        z = self.denormalise(z_BxNxD)
+        tokens, real = reader.read(z) if reader is not None else self.vae.decode_tokens(z)
         return [through_eos(t[m]) for t, m in zip(tokens, real)]
+
+    def _reader(self, prev_BxNxD, valid_B=None) -> BlockReader:
+        """A block reader for a batch of B texts; `prev_BxNxD` (normalised): the block
+        before each text's first, e.g. a prompt's last (rows where `valid_B` is False have
+        none)."""
+        reader = self.vae.reader(len(prev_BxNxD))
+        reader.prime(self.denormalise(prev_BxNxD), valid_B)
+        return reader
 
     def _encode_blocks(self, text: str, what: str, eos: bool,
                        fill_last: bool = False) -> np.ndarray:

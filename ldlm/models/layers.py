@@ -198,6 +198,15 @@ class Block(nnx.Module):
                                 mask_BxTxT=mask_BxTxT).astype(x_BxTxD.dtype)
         return x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
 
+    def with_prefix(self, x_BxTxD, positions_T, prefix_k_BxSxHxK, prefix_v_BxSxHxK,
+                    prefix_mask_BxS, mask_BxTxT):
+        """The block with x attending to S cached keys / values as well (see
+        Attention.with_prefix); returns (output BxTxD, x's keys, x's values)."""
+        h, k, v = self.attn.with_prefix(self.attn_norm(x_BxTxD), positions_T, prefix_k_BxSxHxK,
+                                        prefix_v_BxSxHxK, prefix_mask_BxS, mask_BxTxT)
+        x = x_BxTxD + h.astype(x_BxTxD.dtype)
+        return x + self.mlp(self.mlp_norm(x)).astype(x.dtype), k, v
+
     def decode_step(self, x_Bx1xD, cache: dict, pos):
         """The block at one new position with a KV cache (see Attention.decode_step)."""
         h, cache = self.attn.decode_step(self.attn_norm(x_Bx1xD), cache, pos)
