@@ -17,6 +17,7 @@ from ldlm.inference.textvae import TextVAE
 from ldlm.mesh import PARAM_RULES, make_mesh
 from ldlm.models.seam_decoder import SeamDecoder, load_vae_decoder
 from tests.helpers import link_stages, randomize
+from tests.test_block_causal import _model as block_causal_model
 
 
 def _seam_like(vae_model, seed=3):
@@ -119,3 +120,12 @@ def test_make_decoder_trains_resumes_and_is_used(tiny_dit, tmp_path):
     z = pipe.sample_latents(n=2, steps=2, num_blocks=2)
     assert z.shape == (2, 2, pipe.N, pipe.D) and len(texts) == 2
     assert pipe.decode(z) == texts  # generate decodes in order, as decode does
+    # the block-causal prior reads its blocks through the seam decoder too, a prompt's
+    # last block first
+    window_cfg = cfg.override(["dit.window=2", "dit.block_size=4"])
+    window = LatentDiffusionPipeline(window_cfg, block_causal_model(window_cfg.dit, pipe.N,
+                                                                    pipe.D, 5),
+                                     vae, pipe.label_names)
+    for prompt in (None, "Shares rose."):
+        texts = window.generate(n=2, steps=1, prompt=prompt, max_tokens=40)
+        assert len(texts) == 2 and all(isinstance(t, str) for t in texts)

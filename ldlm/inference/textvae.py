@@ -95,9 +95,11 @@ class BlockReader:
 
     def prime(self, z_BxNxD, valid_B=None) -> None:
         """The blocks (un-normalised latents) that come before the first `read`, e.g. each
-        prompt's last block; rows where `valid_B` is False have none."""
+        prompt's last block; rows where `valid_B` (one bool, or one per row) is False have
+        none."""
         if self._history is not None:
-            valid = np.ones(self.B, bool) if valid_B is None else np.asarray(valid_B, bool)
+            valid = np.broadcast_to(np.asarray(True if valid_B is None else valid_B, bool),
+                                    (self.B,))
             self._history = self.vae.seam.history(self.vae.check_latents(z_BxNxD),
                                                   jnp.asarray(valid))
 
