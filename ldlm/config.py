@@ -303,6 +303,9 @@ class Config:
             if t.token_loss_weight > 0:
                 raise ConfigError("dit.token_loss_weight is not supported by the "
                                   "block-causal prior (dit.window > 0); set it to 0")
+        if self.decoder.latent_noise_max < 0:
+            raise ConfigError(f"decoder.latent_noise_max={self.decoder.latent_noise_max} "
+                              "must be >= 0")
         ev = self.eval
         for key, budgets in (("dit.sample_steps", t.sample_steps), ("eval.steps", ev.steps),
                              ("eval.guidance_steps", (ev.guidance_steps,))):

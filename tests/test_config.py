@@ -89,6 +89,8 @@ def test_semantic_validation():
         apply_overrides(Config(), ["dit.token_loss_weight=-0.1"])
     with pytest.raises(ConfigError, match=r"eval.temperature=0.0 must lie in \(0, 2\]"):
         apply_overrides(Config(), ["eval.temperature=0"])
+    with pytest.raises(ConfigError, match="decoder.latent_noise_max=-0.5 must be >= 0"):
+        apply_overrides(Config(), ["decoder.latent_noise_max=-0.5"])
 
 
 def test_json_roundtrip_rebuilds_the_config():

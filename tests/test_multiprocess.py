@@ -63,3 +63,31 @@ def test_two_processes_write_the_latent_cache_once_and_wait_for_it(trained_tiny,
     for i in (0, len(a) // 2, len(a) - 1):
         for key in ("z", "tokens", "mask", "doc_index", "prev", "has_prev"):
             np.testing.assert_allclose(a[i][key], b[i][key], rtol=1e-5, atol=1e-5)
+
+
+def test_two_processes_train_the_block_causal_prior_as_one_process(tiny_dit, tmp_path):
+    """The block-causal prior's stage (windows of latents, two-stream training, sample
+    dumps through the KV cache) as two processes: the parameters of one process."""
+    from ldlm.inference.generation import LatentDiffusionPipeline
+
+    _, src, _ = tiny_dit
+    stages = ("data", "tokenizer", "vae", "latents")
+    multi = link_stages(src, tmp_path / "multi", stages)
+    single = link_stages(src, tmp_path / "single", stages)
+    args = ["--preset", "tiny", "--set", "dit.window=2", "--set", "dit.block_size=4",
+            "--set", "dit_train.steps=3", "--set", "dit.sample_steps=2"]
+    status = launch(["dit", "--run-dir", str(multi), *args], 2, 2, tmp_path / "logs",
+                    timeout=300)
+    assert status == 0, (tmp_path / "logs" / "process_1.log").read_text()[-2000:]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, "-m", "ldlm", "dit", "--run-dir", str(single), *args],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    def params(run_dir):
+        pipe = LatentDiffusionPipeline.from_pretrained(run_dir, ema=False)
+        assert pipe.is_block_causal
+        return jax.device_get(pipe._params)
+
+    assert_trees_close(params(multi), params(single), rtol=1e-4, atol=1e-5)

@@ -22,7 +22,9 @@ block-causal prior, texts are written diffusion block after diffusion block agai
 cache of the clean history (`_BlockWriter`, ldlm/inference/block_sampling.py), prompts are
 committed into that cache first, `max_tokens` sets the length, and infilling samples
 continuations of the text before and keeps those after which the prior best predicts the
-text after.
+text after. Texts of several VAE blocks are read block after block through the run's seam
+decoder when it has one (`make decoder`: each block sees the history of the one before), else
+each block by the VAE decoder alone.
 """
 
 from __future__ import annotations
