@@ -121,13 +121,10 @@ def markdown(rows: list[dict], matched: dict, entropies: list[float]) -> str:
 
 
 def matched_ppl(rows: list[dict], entropy: float):
-    """gen-PPL at `entropy`, log-linear between the two sweep points around it (None when
-    the sweep does not reach it)."""
-    pts = sorted((r["unigram_entropy"], np.log(r["gen_ppl"])) for r in rows)
-    for (h0, l0), (h1, l1) in zip(pts, pts[1:]):
-        if h0 <= entropy <= h1 and h1 > h0:
-            return float(np.exp(l0 + (l1 - l0) * (entropy - h0) / (h1 - h0)))
-    return None
+    """gen-PPL at `entropy` along the rows' temperature sweep (None outside it)."""
+    from ldlm.eval.sample_metrics import value_at_entropy
+
+    return value_at_entropy([(r["unigram_entropy"], r["gen_ppl"]) for r in rows], entropy)
 
 
 def real_texts(run_dir, n: int, tokens: int) -> list[list[int]]:

@@ -60,11 +60,31 @@ class ReferenceLM:
         return self.score(seqs)[2]
 
     def token_nll(self, seqs) -> list[np.ndarray]:
-        """Per sequence, the negative log-likelihood (nats) of each of its tokens given the
-        tokens before it."""
+        """Per sequence of at most one block, the negative log-likelihood (nats) of each of
+        its tokens given the tokens before it."""
         t, m = pad_rows(seqs, self.block_len)
         nll = np.asarray(self._token_nll(t, m))
         return [row[:len(s)] for row, s in zip(nll, seqs)]
+
+    def long_token_nll(self, seqs) -> list[np.ndarray]:
+        """`token_nll` of sequences of any length: the first block in one pass, then each
+        next half block given the half block before it (windows of one block, stride
+        L/2), so every token past the first block is scored with L/2 tokens of context;
+        a sequence that fits in one block is scored in one pass."""
+        L, h = self.block_len, self.block_len // 2
+        windows, where = [], []  # (sequence, first new token, offset in its window)
+        for i, s in enumerate(seqs):
+            s = list(s)
+            windows.append(s[:L])
+            where.append((i, 0, 0))
+            for start in range(L, len(s), h):
+                windows.append(s[start - h:start + h])
+                where.append((i, start, h))
+        out = [np.zeros(len(s), np.float32) for s in seqs]
+        nlls = self.token_nll(windows) if windows else []
+        for (i, first, offset), w, nll in zip(where, windows, nlls):
+            out[i][first:first + len(w) - offset] = nll[offset:]
+        return out
 
 
 def _token_nll(model, tokens_BxL, mask_BxL):

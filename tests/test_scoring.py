@@ -1,0 +1,55 @@
+"""Scoring texts with a causal LM: texts longer than its context are scored window after
+window, each next half block given the half block before it; curves of gen-PPL against
+unigram entropy are read at a matched entropy."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ldlm.eval.compare import ReferenceLM
+from ldlm.eval.sample_metrics import value_at_entropy
+from tests.test_ar import VOCAB, _lm
+
+L = 8
+
+
+def _seqs(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [list(rng.integers(3, VOCAB, n)) for n in lengths]
+
+
+def test_sequences_that_fit_are_scored_in_one_pass():
+    ref = ReferenceLM(_lm(), L)
+    seqs = _seqs([8, 5, 1])
+    for long, one in zip(ref.long_token_nll(seqs), ref.token_nll(seqs)):
+        np.testing.assert_allclose(long, one, rtol=1e-6)
+    nll, count, _ = ref.score(seqs)
+    assert count == 14
+    np.testing.assert_allclose(sum(x.sum() for x in ref.long_token_nll(seqs)), nll, rtol=1e-5)
+
+
+def test_longer_sequences_give_every_token_half_a_block_of_context():
+    ref = ReferenceLM(_lm(), L)
+    (s,) = _seqs([21])
+    (nll,) = ref.long_token_nll([s])
+    assert nll.shape == (21,) and (nll > 0).all()
+    np.testing.assert_allclose(nll[:L], ref.token_nll([s[:L]])[0], rtol=1e-6)
+    # token p >= L: scored in the window that starts half a block before its half block
+    for p in (8, 11, 12, 15, 16, 20):
+        start = L + (p - L) // (L // 2) * (L // 2)
+        window = s[start - L // 2:start + L // 2]
+        want = ref.token_nll([window])[0][p - (start - L // 2)]
+        np.testing.assert_allclose(nll[p], want, rtol=1e-6)
+    # context matters: the same token scored from the start of a window differs
+    assert not np.isclose(nll[12], ref.token_nll([s[12:]])[0][0])
+
+
+def test_gen_ppl_is_read_at_matched_entropy_on_hand_made_curves():
+    sweep = [(6.0, 1000.0), (5.0, 100.0), (5.5, 400.0)]  # unsorted, as a sweep comes
+    assert value_at_entropy(sweep, 5.25) == pytest.approx(200.0)  # log-linear: sqrt(100*400)
+    assert value_at_entropy(sweep, 5.75) == pytest.approx(math.sqrt(400 * 1000))
+    assert value_at_entropy(sweep, 5.5) == pytest.approx(400.0)
+    assert value_at_entropy(sweep, 6.5) is None and value_at_entropy(sweep, 4.0) is None
+    assert value_at_entropy([(5.0, 100.0)], 5.0) == pytest.approx(100.0)
+    assert value_at_entropy([], 5.0) is None
