@@ -25,7 +25,8 @@ log = logging.getLogger("ldlm.decoder")
 
 
 def run_decoder(cfg: Config, run_dir) -> dict:
-    vae = TextVAE.from_run(run_dir)  # a missing VAE stage fails before anything is written
+    # the VAE decoder to compare with; a missing VAE stage fails before anything is written
+    vae = TextVAE.from_run(run_dir, decoder="vae")
     with stage_lock(rundir.stage_dir(run_dir, STAGE)):
         result = train_seam_decoder(cfg, run_dir)
         t0 = time.time()
