@@ -1,5 +1,6 @@
 """The Python sampling API (LatentDiffusionPipeline) and `ldlm sample`."""
 
+import re
 import subprocess
 import sys
 
@@ -152,6 +153,10 @@ def test_sample_cli_prints_samples_and_speed(tiny_dit):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("--- sample") == 2 and "tokens/s" in r.stdout
+    # each sample says its length, and whether the prior ended it (EOS) before max_tokens
+    lengths = re.findall(r"--- sample \d \(.*; (\d+) tokens(; ended with EOS)?\)", r.stdout)
+    block_len = LatentDiffusionPipeline.from_pretrained(run_dir).vae.block_len
+    assert len(lengths) == 2 and all(int(n) <= block_len for n, _ in lengths)
     bad = subprocess.run([sys.executable, "-m", "ldlm", "sample", "--run-dir", str(run_dir),
                           "--steps", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "steps must be" in bad.stderr

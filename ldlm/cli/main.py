@@ -90,6 +90,7 @@ def run_stage(args: argparse.Namespace) -> None:
 def run_sample(args: argparse.Namespace) -> None:
     """Prints each sample, then the wall-clock time and generated tokens per second (VAE
     decoding included; the first call's compilation is timed separately)."""
+    from ldlm.data.tokenizer import EOS_ID
     from ldlm.inference.generation import LatentDiffusionPipeline
     from ldlm.rundir import setup_logging
 
@@ -100,17 +101,21 @@ def run_sample(args: argparse.Namespace) -> None:
                   max_tokens=args.max_tokens,
                   eta=args.eta, grid=args.grid, temperature=args.temperature, seed=args.seed)
     start = time.perf_counter()
-    pipe.generate(**kwargs)  # compiles; same shapes as the timed call
+    pipe.generate_tokens(**kwargs)  # compiles; same shapes as the timed call
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    texts = pipe.generate(**kwargs)
+    samples = pipe.generate_tokens(**kwargs)
+    texts = [pipe.vae.tokenizer.decode(ids) for ids in samples]  # decoding is timed too
     seconds = time.perf_counter() - start
-    tokens = sum(len(pipe.vae.tokenizer.encode(t)) for t in texts)
-    for i, text in enumerate(texts):
-        what = f"continuing {args.prompt!r}" if args.prompt else (args.label or
-                                                                 "unconditional")
-        print(f"--- sample {i} ({what}, {args.steps} steps, {args.sampler})")
+    what = f"continuing {args.prompt!r}" if args.prompt else (args.label or "unconditional")
+    for i, (ids, text) in enumerate(zip(samples, texts)):
+        # a sample the prior ends early (EOS) is shorter than asked: say so, or an empty
+        # continuation reads as a bug
+        ending = "; ended with EOS" if EOS_ID in ids else ""
+        print(f"--- sample {i} ({what}, {args.steps} steps, {args.sampler}; "
+              f"{len(ids)} tokens{ending})")
         print(text)
+    tokens = sum(len(ids) for ids in samples)
     print(f"--- {len(texts)} samples in {seconds:.2f} s ({tokens / seconds:.0f} tokens/s; "
           f"first call with compilation {compile_s:.2f} s)")
 
