@@ -164,11 +164,24 @@ class EvalConfig:
     guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)  # topic accuracy per scale
     guidance_steps: int = 32
     guidance_sampler: str = "dpm++"
-    # which causal LM scores samples (gen-PPL) and gives MAUVE features: "ar" (the baseline
-    # itself, favouring its own samples) or "reference" (make reference)
-    reference: str = "ar"
-    # sampling temperature of every ldlm sample (1 = the model's distribution)
+    # which causal LM scores samples (gen-PPL) and gives MAUVE features: "reference" (make
+    # reference, larger and trained longer than the baseline), "ar" (the baseline itself,
+    # which favours its own samples), or "auto": the reference LM where it has been trained,
+    # else the baseline. The baseline's own score is always a second column.
+    reference: str = "auto"
+    # the run whose reference LM scores ("" = this run): one is trained per corpus and
+    # shared by every run with the same tokenizer
+    reference_run: str = ""
+    # sampling temperature of every ldlm sample of the per-block table (1 = the model's)
     temperature: float = 1.0
+    # the matched-entropy comparison (ldlm/eval/long_texts.py): texts of long_tokens tokens
+    # from ldlm (long_sampler, long_steps) and the AR baseline at each of these temperatures,
+    # gen-PPL read at real text's unigram entropy and at matched_entropy_gap nats below it
+    long_tokens: int = 128
+    long_temperatures: tuple[float, ...] = (1.3, 1.0, 0.85, 0.7)
+    long_sampler: str = "ddpm"
+    long_steps: int = 64
+    matched_entropy_gap: float = 0.5
     seed: int = 0
 
 
@@ -308,7 +321,8 @@ class Config:
                               "must be >= 0")
         ev = self.eval
         for key, budgets in (("dit.sample_steps", t.sample_steps), ("eval.steps", ev.steps),
-                             ("eval.guidance_steps", (ev.guidance_steps,))):
+                             ("eval.guidance_steps", (ev.guidance_steps,)),
+                             ("eval.long_steps", (ev.long_steps,))):
             if not budgets or not all(1 <= b <= 1000 for b in budgets):
                 raise ConfigError(f"{key}={_text(budgets)} must be step counts in 1..1000")
         if ev.num_samples < 1:
@@ -324,6 +338,12 @@ class Config:
                               f"ar.top_p={a.top_p} in (0, 1]")
         if not 0 < ev.temperature <= 2:
             raise ConfigError(f"eval.temperature={ev.temperature} must lie in (0, 2]")
+        if not ev.long_temperatures or not all(0 < x <= 2 for x in ev.long_temperatures):
+            raise ConfigError(f"eval.long_temperatures={_text(ev.long_temperatures)} must "
+                              "be temperatures in (0, 2]")
+        if ev.long_tokens < 1 or ev.matched_entropy_gap < 0:
+            raise ConfigError(f"eval.long_tokens={ev.long_tokens} must be at least 1 and "
+                              f"eval.matched_entropy_gap={ev.matched_entropy_gap} >= 0")
         for name in TRAIN_SECTIONS:
             t = getattr(self, name)
             if t.steps < 1 or t.checkpoint_every < 1 or t.log_every < 1:
@@ -492,7 +512,8 @@ def preset_config(preset: str) -> Config:
             reference_train=TrainConfig(steps=30, lr=3e-3, checkpoint_every=15, log_every=10,
                                         eval_batches=2),
             eval=EvalConfig(num_samples=8, samplers=("ddim", "dpm++"), steps=(1, 4),
-                            guidance_scales=(0.0, 2.0), guidance_steps=4))
+                            guidance_scales=(0.0, 2.0), guidance_steps=4, long_tokens=64,
+                            long_temperatures=(1.0, 0.7), long_steps=4))
     if preset == "cpu":
         return Config(
             preset="cpu",

@@ -11,7 +11,7 @@ from flax import nnx
 from ldlm.config import ARConfig, MeshConfig
 from ldlm.mesh import PARAM_RULES, make_mesh
 from ldlm.models import layers
-from ldlm.models.ar import CausalLM, sample_logits, sample_tokens
+from ldlm.models.ar import CausalLM, continue_tokens, sample_logits, sample_tokens
 from tests.helpers import link_stages
 
 VOCAB = 50
@@ -45,6 +45,24 @@ def test_kv_cache_decoding_gives_the_tokens_of_a_full_recompute():
         seq = np.concatenate([seq, nxt[:, None]], axis=1)
     np.testing.assert_array_equal(cached, seq[:, 1:])
     assert len(set(cached.ravel().tolist())) > 1  # not a constant sequence
+
+
+def test_continuing_a_prefix_gives_the_tokens_of_a_full_recompute():
+    model = _lm()
+    prefix = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, VOCAB)
+    L = 7
+    cached = np.asarray(jax.jit(lambda p: continue_tokens(model, p, L, jax.random.PRNGKey(0),
+                                                          temperature=0.0))(prefix))
+    seq = np.asarray(prefix)
+    for _ in range(L):
+        nxt = np.asarray(jnp.argmax(model(jnp.asarray(seq))[:, -1], -1))
+        seq = np.concatenate([seq, nxt[:, None]], axis=1)
+    assert cached.shape == (3, L)
+    np.testing.assert_array_equal(cached, seq[:, 5:])
+    # the prefix matters: another prefix, other tokens
+    other = np.asarray(continue_tokens(model, (prefix + 1) % VOCAB, L, jax.random.PRNGKey(0),
+                                       temperature=0.0))
+    assert not np.array_equal(cached, other)
 
 
 def test_top_p_keeps_the_nucleus_and_temperature_zero_is_greedy():

@@ -2,9 +2,11 @@
 
 import json
 
+import shutil
+
 import pytest
 
-from ldlm.errors import MissingStageError
+from ldlm.errors import ConfigError, MissingStageError
 from tests.helpers import link_stages
 
 
@@ -34,6 +36,7 @@ def test_eval_scores_every_system_and_writes_table_and_plot(tiny_dit, tiny_cfg):
         assert 0 <= r["memorised_8"] <= 1 and 0 <= r["repeat_4"] <= 1
     assert set(report["topic_accuracy"]) == {"real_test_blocks", "guidance_0",
                                              "guidance_2"}
+    _check_matched_entropy(report["matched_entropy"], tiny_cfg)
     out = run_dir / "eval"
     assert json.loads((out / "results.json").read_text())["num_samples"] == 8
     assert (out / "quality_vs_steps.png").stat().st_size > 10_000
@@ -58,3 +61,53 @@ def test_eval_can_score_with_the_reference_lm(tiny_dit, tiny_cfg):
     assert report["ldlm_temperature"] == 0.8
     assert [r["temperature"] for r in report["table"] if r["system"] == "ldlm"] == [0.8]
     assert report["table"][1]["sampler"] == "T=0.8, top_p=0.95"  # the AR at a matched T
+    # "auto" (the default) takes the trained reference LM; the baseline's score beside it
+    auto = run_eval(tiny_cfg.override(["eval.samplers=dpm++", "eval.steps=2",
+                                       "eval.guidance_scales=1"]), run_dir)
+    assert auto["scorer"] == "reference" and auto["reference_lm"] == report["reference_lm"]
+    assert all(r["gen_ppl_ar"] > 1 for r in auto["table"])
+    matched = auto["matched_entropy"]
+    _check_matched_entropy(matched, tiny_cfg)
+    assert all(r["gen_ppl_reference"] > 1 and r["gen_ppl_ar"] > 1 for r in matched["rows"])
+
+
+def test_eval_takes_a_reference_lm_of_another_run_only_with_the_same_tokenizer(
+        tiny_dit, tiny_cfg, tmp_path):
+    from ldlm.stages.ar import run_ar, run_reference
+    from ldlm.stages.eval import run_eval
+
+    _, run_dir, _ = tiny_dit
+    for stage, train in (("ar", run_ar), ("reference", run_reference)):
+        if not (run_dir / stage / "result.json").exists():
+            train(tiny_cfg, run_dir)
+    other = link_stages(run_dir, tmp_path / "other", ("reference",))
+    shutil.copytree(run_dir / "tokenizer", other / "tokenizer")
+    vocab = other / "tokenizer" / "spm.vocab"
+    vocab.write_text(vocab.read_text().replace("\n", "\nextra\t0\n", 1))
+    cfg = tiny_cfg.override([f"eval.reference_run={other}"])
+    with pytest.raises(ConfigError, match="eval.reference_run=.* another tokenizer"):
+        run_eval(cfg, link_stages(run_dir, tmp_path / "mine", ("data", "tokenizer", "vae",
+                                                                "latents", "dit", "ar")))
+
+
+def _check_matched_entropy(m: dict, cfg) -> None:
+    """Real text, the baseline and ldlm at every temperature; the curves read at real text's
+    entropy and below it; the ratio is ldlm's value over the baseline's."""
+    temps = list(cfg.eval.long_temperatures)
+    rows = m["rows"]
+    assert [r["system"] for r in rows] == ["real text"] + ["AR baseline"] * len(temps) + \
+        ["ldlm"] * len(temps)
+    assert [r["temperature"] for r in rows[1:]] == temps * 2
+    assert all(0 < r["mean_tokens"] <= cfg.eval.long_tokens for r in rows)
+    real_h = rows[0]["unigram_entropy"]
+    assert m["entropies"] == {"real_text": real_h,
+                              "lower": real_h - cfg.eval.matched_entropy_gap}
+    at = m["gen_ppl_at_entropy"][m["scorer"]]
+    for h in (real_h, real_h - cfg.eval.matched_entropy_gap):
+        for system in ("ldlm", "AR baseline"):
+            curve = sorted(r["unigram_entropy"] for r in rows if r["system"] == system)
+            inside = curve[0] <= h <= curve[-1]
+            assert (at[system][h] is not None) == inside
+        expected = (at["ldlm"][h] / at["AR baseline"][h] if at["ldlm"][h] and
+                    at["AR baseline"][h] else None)
+        assert m["ratio_ldlm_to_ar"][m["scorer"]][h] == expected

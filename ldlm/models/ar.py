@@ -79,18 +79,29 @@ def sample_tokens(model: CausalLM, start_B, length: int, rng, *, temperature: fl
     """`length` tokens after the start tokens, BxL, by a jitted-friendly `lax.scan` over
     positions with the KV cache. Temperature 0 is greedy; top_p < 1 keeps the smallest set
     of tokens whose probability reaches top_p."""
-    B = start_B.shape[0]
-    cache = model.init_cache(B, length)
+    return continue_tokens(model, start_B[:, None], length, rng, temperature=temperature,
+                           top_p=top_p)
+
+
+def continue_tokens(model: CausalLM, prefix_BxP, length: int, rng, *,
+                    temperature: float = 1.0, top_p: float = 1.0):
+    """`length` tokens after each row's prefix (P tokens, the first usually the start token),
+    BxL: one `lax.scan` over the P + length - 1 input positions with the KV cache, the
+    prefix fed as given (teacher forcing), then each sampled token fed back."""
+    B, P = prefix_BxP.shape
+    cache = model.init_cache(B, P + length - 1)
 
     def step(carry, pos):
         token, cache, key = carry
         key, k = jax.random.split(key)
         logits, cache = model.decode_step(token, cache, pos)
-        nxt = sample_logits(logits, k, temperature, top_p)
-        return (nxt, cache, key), nxt
+        sampled = sample_logits(logits, k, temperature, top_p)
+        # inside the prefix the next input is the prefix's own next token
+        nxt = jnp.where(pos + 1 < P, prefix_BxP[:, jnp.minimum(pos + 1, P - 1)], sampled)
+        return (nxt, cache, key), sampled
 
-    _, out = jax.lax.scan(step, (start_B, cache, rng), jnp.arange(length))
-    return out.T
+    _, out = jax.lax.scan(step, (prefix_BxP[:, 0], cache, rng), jnp.arange(P + length - 1))
+    return out[P - 1:].T
 
 
 def sample_logits(logits_BxV, rng, temperature: float, top_p: float):

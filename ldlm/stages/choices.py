@@ -27,6 +27,7 @@ def check_choices(cfg: Config) -> Config:
         ("dit.time_sampling", (cfg.dit.time_sampling,), TIME_SAMPLINGS),
         ("eval.samplers", cfg.eval.samplers, SAMPLERS),
         ("eval.guidance_sampler", (cfg.eval.guidance_sampler,), SAMPLERS),
+        ("eval.long_sampler", (cfg.eval.long_sampler,), SAMPLERS),
         ("eval.reference", (cfg.eval.reference,), SCORERS),
         *[(f"{s}.compute_dtype", (getattr(cfg, s).compute_dtype,), tuple(COMPUTE_DTYPES))
           for s in TRAIN_SECTIONS],

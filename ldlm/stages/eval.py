@@ -1,6 +1,13 @@
-"""`make eval`: ldlm at every sampler and step budget beside the AR baseline and real text,
-scored as described in ldlm/eval/compare.py. Writes eval/results.json and
-eval/quality_vs_steps.png."""
+"""`make eval`: ldlm beside the AR baseline and real text.
+
+Two comparisons, every gen-PPL under the scorer of `eval.reference` (the reference LM of
+`make reference` when it exists) with the baseline's own score as a second column:
+- matched entropy, the headline (ldlm/eval/long_texts.py): texts of `eval.long_tokens`
+  tokens from each system over a temperature sweep, gen-PPL read at real text's unigram
+  entropy and `eval.matched_entropy_gap` below it, and the ratio ldlm / AR there;
+- the per-block table (ldlm/eval/compare.py): one block per sample at every sampler and step
+  budget, with MAUVE, diversity, memorisation, speed and topic accuracy.
+Writes eval/results.json and eval/quality_vs_steps.png."""
 
 from __future__ import annotations
 
@@ -10,10 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import pathlib
+
 from ldlm import rundir
 from ldlm.config import Config
 from ldlm.data.tokenizer import EOS_ID, through_eos
-from ldlm.eval import compare
+from ldlm.errors import ConfigError
+from ldlm.eval import compare, long_texts
 from ldlm.eval import sample_metrics as metrics
 from ldlm.inference.generation import LatentDiffusionPipeline
 from ldlm.loading import load_stage_model, stage_config
@@ -21,7 +31,7 @@ from ldlm.models.ar import build_ar, sample_tokens
 
 log = logging.getLogger("ldlm.eval")
 STAGE = "eval"
-SCORERS = ("ar", "reference")  # eval.reference: which causal LM scores the samples
+SCORERS = ("auto", "reference", "ar")  # eval.reference: which causal LM scores the samples
 
 
 def run_eval(cfg: Config, run_dir) -> dict:
@@ -33,19 +43,9 @@ def run_eval(cfg: Config, run_dir) -> dict:
     L = pipe.vae.block_len
     ar = load_stage_model(run_dir, "ar", build_ar(ar_cfg, pipe.vae.tokenizer.vocab_size),
                           ar_cfg.ar_train)
-    if e.reference == "ar":
-        ref = compare.ReferenceLM(ar, L)
-        ref_name = "the AR baseline itself (make ar); it favours its own samples"
-    else:
-        ref_cfg = stage_config(run_dir, "reference", "the reference LM")
-        ref = compare.ReferenceLM(load_stage_model(
-            run_dir, "reference", build_ar(ref_cfg, pipe.vae.tokenizer.vocab_size,
-                                           "reference"),
-            ref_cfg.reference_train), L)
-        r = ref_cfg.reference
-        ref_name = (f"the reference LM (make reference: {r.layers} layers, width {r.width}, "
-                    f"{ref_cfg.reference_train.steps} steps)")
-    log.info("reference LM: %s", ref_name)
+    scorers, ref_name = _scorers(cfg, run_dir, ar, L)
+    ref = scorers["reference"] if "reference" in scorers else scorers["ar"]
+    log.info("scorer: %s", ref_name)
     n = e.num_samples
 
     train_seqs, train_labels = compare.split_blocks(run_dir, "train")
@@ -63,7 +63,8 @@ def run_eval(cfg: Config, run_dir) -> dict:
     real_features = ref.features(held_out)
     rows = [{"system": "real text (test split)", "sampler": None, "steps": None,
              "seconds_per_block": None,
-             **compare.quality(real, ref, real_features, train_8grams)}]
+             **compare.quality(real, ref, real_features, train_8grams),
+             **_baseline_score(real, scorers)}]
     log.info("real text: %s", compare.brief(rows[-1]))
 
     # the AR baseline: one block after the start token, through its first EOS; sampled with
@@ -77,7 +78,8 @@ def run_eval(cfg: Config, run_dir) -> dict:
     rows.append({"system": "AR baseline (KV cache)", "sampler":
                  f"T={cfg.ar.temperature}, top_p={cfg.ar.top_p}", "steps": L,
                  "seconds_per_block": seconds / n,
-                 **compare.quality(ar_seqs, ref, real_features, train_8grams)})
+                 **compare.quality(ar_seqs, ref, real_features, train_8grams),
+                 **_baseline_score(ar_seqs, scorers)})
     log.info("AR baseline: %s", compare.brief(rows[-1]))
 
     for sampler in e.samplers:
@@ -88,11 +90,14 @@ def run_eval(cfg: Config, run_dir) -> dict:
                 warm_up=i == 0)
             rows.append({"system": "ldlm", "sampler": sampler, "steps": steps,
                          "temperature": e.temperature, "seconds_per_block": seconds / n,
-                         **compare.quality(seqs, ref, real_features, train_8grams)})
+                         **compare.quality(seqs, ref, real_features, train_8grams),
+                         **_baseline_score(seqs, scorers)})
             log.info("ldlm %s %d steps: %s", sampler, steps, compare.brief(rows[-1]))
 
     topic = _topic_accuracy(pipe, classifier, e, real, real_labels, pick)
-    report = {"reference_lm": ref_name, "ldlm_temperature": e.temperature,
+    matched = _matched_entropy(cfg, run_dir, pipe, ar, scorers)
+    report = {"reference_lm": ref_name, "scorer": "reference" if "reference" in scorers
+              else "ar", "matched_entropy": matched, "ldlm_temperature": e.temperature,
               "num_samples": n, "block_len": L, "device": jax.devices()[0].device_kind,
               "table": rows, "topic_accuracy": topic,
               "examples": {"real": pipe.vae.tokenizer.decode(real[0]),
@@ -101,6 +106,93 @@ def run_eval(cfg: Config, run_dir) -> dict:
         rundir.write_json_atomic(out_dir / "results.json", report)
         compare.plot(rows, out_dir / "quality_vs_steps.png")
     return report
+
+
+def _scorers(cfg: Config, run_dir, ar, L: int) -> tuple[dict, str]:
+    """({"reference": ..., "ar": ...} ReferenceLMs, the primary scorer's description): the
+    reference LM of `eval.reference_run` (or this run) unless eval.reference is "ar" or, with
+    "auto", it was never trained."""
+    e = cfg.eval
+    scorers = {"ar": compare.ReferenceLM(ar, L)}
+    ref_run = pathlib.Path(e.reference_run) if e.reference_run else pathlib.Path(run_dir)
+    trained = (rundir.stage_dir(ref_run, "reference") / "result.json").is_file()
+    if e.reference == "ar" or (e.reference == "auto" and not trained):
+        why = "" if e.reference == "ar" else f" (no reference LM in {ref_run}: make reference)"
+        return scorers, f"the AR baseline itself (make ar), which favours its own samples{why}"
+    ref_cfg = stage_config(ref_run, "reference", "the reference LM")  # -> make reference
+    if ref_run.resolve() != pathlib.Path(run_dir).resolve():
+        _check_same_tokenizer(ref_run, run_dir)
+    vocab = ar.vocab_size
+    model = load_stage_model(ref_run, "reference", build_ar(ref_cfg, vocab, "reference"),
+                             ref_cfg.reference_train)
+    scorers["reference"] = compare.ReferenceLM(model, L)
+    r = ref_cfg.reference
+    return scorers, (f"the reference LM (make reference: {r.layers} layers, width {r.width}, "
+                     f"{ref_cfg.reference_train.steps} steps; {ref_run})")
+
+
+def _check_same_tokenizer(ref_run, run_dir) -> None:
+    """A reference LM scores only token ids of its own tokenizer: same vocabulary file."""
+    mine, theirs = (rundir.stage_dir(pathlib.Path(r), "tokenizer") / "spm.vocab"
+                    for r in (run_dir, ref_run))
+    if not theirs.is_file() or mine.read_bytes() != theirs.read_bytes():
+        raise ConfigError(f"eval.reference_run={ref_run} was trained on another tokenizer "
+                          f"than {run_dir} ({theirs} differs from {mine})")
+
+
+def _baseline_score(seqs, scorers: dict) -> dict:
+    """The AR baseline's own gen-PPL, beside the reference LM's."""
+    if "reference" not in scorers:
+        return {}
+    nll, count, _ = scorers["ar"].score(seqs)
+    return {"gen_ppl_ar": metrics.perplexity(nll, count)}
+
+
+def _matched_entropy(cfg: Config, run_dir, pipe, ar, scorers: dict) -> dict:
+    """Texts of eval.long_tokens tokens from real text, the AR baseline and ldlm over the
+    temperature sweep, each scored by every scorer; gen-PPL of each system at real text's
+    unigram entropy and eval.matched_entropy_gap below it, and the ratio ldlm / AR."""
+    e = cfg.eval
+    n, tokens = e.num_samples, e.long_tokens
+    rows = [{"system": "real text", **long_texts.text_row(
+        long_texts.real_texts(run_dir, n, tokens, e.seed), scorers)}]
+    writer = long_texts.ARWriter(ar, pipe.vae.block_len, top_p=cfg.ar.top_p)
+    for T in e.long_temperatures:
+        texts, seconds = compare.timed(
+            lambda: writer.texts(n, tokens, jax.random.PRNGKey(e.seed), T))
+        rows.append({"system": "AR baseline", "temperature": T, "seconds": seconds,
+                     **long_texts.text_row(texts, scorers)})
+    for i, T in enumerate(e.long_temperatures):
+        texts, seconds = compare.timed(lambda: pipe.generate_tokens(
+            n=n, steps=e.long_steps, sampler=e.long_sampler, seed=e.seed, max_tokens=tokens,
+            temperature=T), warm_up=i == 0)
+        rows.append({"system": "ldlm", "temperature": T, "seconds": seconds,
+                     **long_texts.text_row(texts, scorers)})
+    for r in rows:
+        log.info("%d-token texts, %s%s: %s", tokens, r["system"],
+                 f" T={r['temperature']}" if "temperature" in r else "", compare.brief(r))
+    real_h = rows[0]["unigram_entropy"]
+    entropies = [real_h, real_h - e.matched_entropy_gap]
+    at = {name: {system: long_texts.matched([r for r in rows if r["system"] == system],
+                                            entropies, f"gen_ppl_{name}")
+                 for system in ("ldlm", "AR baseline")} for name in scorers}
+    ratios = {name: {h: long_texts.ratio(a["ldlm"][h], a["AR baseline"][h])
+                     for h in entropies} for name, a in at.items()}
+    primary = "reference" if "reference" in scorers else "ar"
+    for h in entropies:
+        ppl = at[primary]
+        log.info("gen-PPL at unigram entropy %.2f: ldlm %s, AR baseline %s, ratio %s", h,
+                 _fmt(ppl["ldlm"][h]), _fmt(ppl["AR baseline"][h]),
+                 _fmt(ratios[primary][h], "{:.2f}"))
+    return {"tokens": tokens, "num_samples": n, "sampler": e.long_sampler,
+            "steps": e.long_steps, "ar_top_p": cfg.ar.top_p, "scorer": primary,
+            "entropies": {"real_text": real_h, "lower": entropies[1]},
+            "gen_ppl_at_entropy": at, "ratio_ldlm_to_ar": ratios, "rows": rows}
+
+
+def _fmt(x, spec: str = "{:.0f}") -> str:
+    """A number, or a note that the temperature sweep does not reach that entropy."""
+    return "not reached by the sweep" if x is None else spec.format(x)
 
 
 def _topic_accuracy(pipe, classifier, e, real, real_labels, pick) -> dict:
