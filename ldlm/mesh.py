@@ -102,6 +102,14 @@ def constrain_batch(x):
     return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
 
 
+def replicate(x, mesh) -> jax.Array:
+    """A host value (or a jax.Array of any layout) as one array replicated over `mesh`, on
+    every process (each process places its own devices' copies)."""
+    x = to_host(x)
+    sharding = NamedSharding(mesh, P())
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 def to_host(x) -> np.ndarray:
     """A jax.Array as one whole numpy array on every process (gathered from the other
     processes when it spans their devices)."""

@@ -31,6 +31,7 @@ from flax import nnx
 from ldlm.config import Config, VAEConfig
 from ldlm.mesh import constrain_batch
 from ldlm.models import layers
+from ldlm.models.vae import add_decoder_layers
 
 # The parameters the seam decoder shares, by name and shape, with TextVAEModel.
 VAE_DECODER_PARAMS = ("embed", "from_latent", "decoder", "decoder_norm", "real_head")
@@ -50,16 +51,10 @@ class SeamDecoder(nnx.Module):
                  dtype=jnp.float32):
         self.cfg, self.block_len, self.dtype = cfg, block_len, dtype
         self.group = block_len // cfg.num_latents  # tokens per latent
-        E, D = cfg.width, cfg.latent_dim
+        E = cfg.width
         self.heads, self.head_dim = cfg.heads, E // cfg.heads
         self.embed = layers.Embed(vocab_size, E, rngs=rngs, dtype=dtype)  # output table only
-        self.from_latent = layers.Dense(D, self.group * E, rngs=rngs, names=("latent", "embed"),
-                                        use_bias=True, dtype=dtype)
-        self.decoder = nnx.List([layers.Block(E, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
-                                 for _ in range(cfg.decoder_layers)])
-        self.decoder_norm = layers.RMSNorm(E, rngs=rngs)
-        self.real_head = layers.Dense(E, 1, rngs=rngs, names=("embed", None), use_bias=True,
-                                      dtype=dtype)
+        add_decoder_layers(self, cfg, self.group, rngs=rngs, dtype=dtype)
 
     def empty_history(self, B: int) -> History:
         """The history of rows that have none (every row decodes alone)."""

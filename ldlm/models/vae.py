@@ -46,13 +46,7 @@ class TextVAEModel(nnx.Module):
             self.group * W, D, rngs=rngs, names=("embed", "latent"), use_bias=True,
             init=nnx.initializers.zeros_init(), dtype=dtype)
         self.to_logvar.bias[...] = jnp.full((D,), cfg.logvar_init, jnp.float32)
-        self.from_latent = layers.Dense(D, self.group * W, rngs=rngs, names=("latent", "embed"),
-                                        use_bias=True, dtype=dtype)
-        self.decoder = nnx.List([layers.Block(W, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
-                                 for _ in range(cfg.decoder_layers)])
-        self.decoder_norm = layers.RMSNorm(W, rngs=rngs)
-        self.real_head = layers.Dense(W, 1, rngs=rngs, names=("embed", None), use_bias=True,
-                                      dtype=dtype)
+        add_decoder_layers(self, cfg, self.group, rngs=rngs, dtype=dtype)
 
     def encode(self, tokens_BxL) -> tuple[jax.Array, jax.Array]:
         """Posterior mean (RMS-normalised) and log-variance, each BxNxD, float32."""
@@ -75,6 +69,21 @@ class TextVAEModel(nnx.Module):
         real = self.real_head(h)[..., 0].astype(jnp.float32)
         return self.embed.attend(h), real
 
+
+
+def add_decoder_layers(module: nnx.Module, cfg: VAEConfig, group: int, *, rngs: nnx.Rngs,
+                       dtype) -> None:
+    """The decoder's layers on `module`: from_latent (a latent to `group` positions),
+    decoder (blocks), decoder_norm, real_head. The VAE and the seam decoder both build theirs
+    here, so that the seam decoder starts from the VAE decoder's weights by name and shape."""
+    W, D = cfg.width, cfg.latent_dim
+    module.from_latent = layers.Dense(D, group * W, rngs=rngs, names=("latent", "embed"),
+                                      use_bias=True, dtype=dtype)
+    module.decoder = nnx.List([layers.Block(W, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
+                               for _ in range(cfg.decoder_layers)])
+    module.decoder_norm = layers.RMSNorm(W, rngs=rngs)
+    module.real_head = layers.Dense(W, 1, rngs=rngs, names=("embed", None), use_bias=True,
+                                    dtype=dtype)
 
 def build_vae(cfg: Config, vocab_size: int):
     """rngs -> TextVAEModel of a run's config (compute dtype and remat from `vae_train`)."""

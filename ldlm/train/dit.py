@@ -22,7 +22,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldlm import rundir
 from ldlm.locks import stage_lock
@@ -33,7 +32,7 @@ from ldlm.data.blocks import read_meta as read_blocks_meta
 from ldlm.diffusion import schedules
 from ldlm.errors import ConfigError
 from ldlm.loading import load_stage_model, stage_config
-from ldlm.mesh import make_mesh, to_host
+from ldlm.mesh import make_mesh, replicate
 from ldlm.models.dit import DiT
 from ldlm.models.prior import build_prior, is_block_causal
 from ldlm.models.vae import build_vae
@@ -120,14 +119,9 @@ def frozen_decoder(run_dir, mesh, vae_model=None):
                                      vae_cfg.vae_train)
     graphdef, params = nnx.split(vae_model)
     normaliser = latents_lib.LatentNormaliser.load(run_dir)
-    replicated = NamedSharding(mesh, P())
-
-    def place(x):
-        x = to_host(x)
-        return jax.make_array_from_callback(x.shape, replicated, lambda idx: x[idx])
-
-    frozen = {"vae": jax.tree.map(place, params), "mean": place(normaliser.mean_D),
-              "std": place(normaliser.std_D)}
+    frozen = {"vae": jax.tree.map(lambda x: replicate(x, mesh), params),
+              "mean": replicate(normaliser.mean_D, mesh),
+              "std": replicate(normaliser.std_D, mesh)}
     return graphdef, frozen
 
 

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ldlm import rundir
 from ldlm.config import Config
@@ -25,7 +24,7 @@ from ldlm.data.batches import blocks_dir
 from ldlm.data.blocks import read_meta as read_blocks_meta
 from ldlm.loading import load_stage_model, stage_config
 from ldlm.locks import stage_lock
-from ldlm.mesh import make_mesh, to_host
+from ldlm.mesh import make_mesh, replicate, to_host
 from ldlm.models.seam_decoder import SeamDecoder, build_seam_decoder, load_vae_decoder
 from ldlm.models.vae import build_vae
 from ldlm.train.loop import Task, TrainResult, train
@@ -75,13 +74,7 @@ def seam_decoder_loss(model: SeamDecoder, batch, rng, step, train: bool, *, coun
 def _replicated_stats(run_dir, mesh) -> dict:
     """The latent statistics (mean, std), replicated over the mesh."""
     normaliser = latents_lib.LatentNormaliser.load(run_dir)
-    replicated = NamedSharding(mesh, P())
-
-    def place(x):
-        x = to_host(x)
-        return jax.make_array_from_callback(x.shape, replicated, lambda idx: x[idx])
-
-    return {"mean": place(normaliser.mean_D), "std": place(normaliser.std_D)}
+    return {"mean": replicate(normaliser.mean_D, mesh), "std": replicate(normaliser.std_D, mesh)}
 
 
 def seam_decoder_task(cfg: Config, run_dir, mesh) -> Task:
