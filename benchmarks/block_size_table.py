@@ -49,6 +49,7 @@ def main() -> None:
 
     from ldlm.eval import compare
     from ldlm.eval import sample_metrics as metrics
+    from ldlm.eval.long_texts import real_texts
     from ldlm.inference.generation import LatentDiffusionPipeline
 
     base = LatentDiffusionPipeline.from_pretrained(args.base)
@@ -125,27 +126,6 @@ def matched_ppl(rows: list[dict], entropy: float):
     from ldlm.eval.sample_metrics import value_at_entropy
 
     return value_at_entropy([(r["unigram_entropy"], r["gen_ppl"]) for r in rows], entropy)
-
-
-def real_texts(run_dir, n: int, tokens: int) -> list[list[int]]:
-    """n texts of `tokens` tokens from consecutive test blocks of one document (seed 0)."""
-    from ldlm.data import batches
-
-    src = batches.block_source(run_dir, "test")
-    recs = [src[i] for i in range(len(src))]
-    starts = [i for i in range(len(recs) - 1) if recs[i]["doc_index"] == recs[i + 1][
-        "doc_index"] and recs[i + 1]["block_index"] == recs[i]["block_index"] + 1]
-    pick = np.random.default_rng(0).choice(len(starts), size=min(n, len(starts)),
-                                           replace=False)
-    texts = []
-    for s in pick:
-        ids: list[int] = []
-        for r in recs[starts[s]:]:
-            if r["doc_index"] != recs[starts[s]]["doc_index"] or len(ids) >= tokens:
-                break
-            ids.extend(int(t) for t in r["tokens"][r["mask"]])
-        texts.append(ids[:tokens])
-    return texts
 
 
 def _ar_model(run_dir, pipe):

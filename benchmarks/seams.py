@@ -29,7 +29,8 @@ import pathlib
 import jax
 import numpy as np
 
-from block_size_table import _ar_model, matched_ppl, real_texts
+from block_size_table import _ar_model, matched_ppl
+from ldlm.eval.long_texts import real_texts
 
 
 def seam_scores(texts_with_seam, scorer, L: int) -> dict:

@@ -30,6 +30,16 @@ def forward_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
         W, D = v.width, v.latent_dim
         flops = (v.encoder_layers + v.decoder_layers) * block_flops(B * L, W, v.mlp_dim, L)
         return flops + B * L * (2 * 2 * W * D + 2 * D * W + 2 * W * vocab)
+    if model == "decoder":  # seam decoder, per window: block 1 alone, block 2 seeing it
+        v = cfg.vae
+        W = v.width
+        flops = v.decoder_layers * (block_flops(B * L, W, v.mlp_dim, L) +
+                                    block_flops(B * L, W, v.mlp_dim, 2 * L))
+        return flops + 2 * B * L * (2 * v.latent_dim * W + 2 * W * vocab)
+    if model == "encoder":  # the VAE's encoder alone (make latents), B blocks
+        v = cfg.vae
+        return (v.encoder_layers * block_flops(B * L, v.width, v.mlp_dim, L) +
+                B * L * 2 * 2 * v.width * v.latent_dim)
     if model == "ar":
         a = cfg.ar
         return a.layers * block_flops(B * L, a.width, a.mlp_dim, L) + B * L * 2 * a.width * vocab

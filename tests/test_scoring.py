@@ -53,3 +53,47 @@ def test_gen_ppl_is_read_at_matched_entropy_on_hand_made_curves():
     assert value_at_entropy(sweep, 6.5) is None and value_at_entropy(sweep, 4.0) is None
     assert value_at_entropy([(5.0, 100.0)], 5.0) == pytest.approx(100.0)
     assert value_at_entropy([], 5.0) is None
+
+
+def test_ar_writer_continues_each_half_block_from_the_half_block_before_it():
+    import jax
+    import jax.numpy as jnp
+
+    from ldlm.data.tokenizer import EOS_ID
+    from ldlm.eval.long_texts import ARWriter
+
+    model = _lm()
+    texts = ARWriter(model, L).texts(3, 20, jax.random.PRNGKey(0), temperature=1e-6)
+    for t in texts:
+        assert len(t) == 20 or (EOS_ID in t and t[-1] == EOS_ID and len(t) <= 20)
+
+    def greedy(prefix, n):  # full recompute, no cache
+        seq = list(prefix)
+        for _ in range(n):
+            seq.append(int(jnp.argmax(model(jnp.asarray([seq]))[0, -1])))
+        return seq[len(prefix):]
+
+    h = L // 2
+    for t in texts:
+        full = t + [None] * (20 - len(t))  # compare what was written, through EOS
+        expect = greedy([EOS_ID], L)
+        for start in range(L, 20, h):
+            expect += greedy([EOS_ID] + expect[start - h:start], min(h, 20 - start))
+        assert [x for x, y in zip(expect, full) if y is not None] == \
+            [y for y in full if y is not None]
+
+
+def test_text_row_scores_every_token_with_every_scorer():
+    from ldlm.eval.long_texts import matched, ratio, text_row
+
+    refs = {"reference": ReferenceLM(_lm(0), L), "ar": ReferenceLM(_lm(1), L)}
+    texts = _seqs([20, 3, 9])
+    row = text_row(texts, refs)
+    for name, ref in refs.items():
+        nll = sum(float(x.sum()) for x in ref.long_token_nll(texts))
+        assert row[f"gen_ppl_{name}"] == pytest.approx(math.exp(nll / 32))
+    assert row["gen_ppl_reference"] != row["gen_ppl_ar"] and row["mean_tokens"] == 32 / 3
+    rows = [{"unigram_entropy": 5.0, "gen_ppl": 100.0}, {"unigram_entropy": 6.0,
+                                                         "gen_ppl": 400.0}]
+    assert matched(rows, [5.5, 6.5], "gen_ppl") == {5.5: pytest.approx(200.0), 6.5: None}
+    assert ratio(400.0, 100.0) == 4.0 and ratio(None, 100.0) is None

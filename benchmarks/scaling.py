@@ -1,0 +1,362 @@
+"""Where the lines cross: ldlm and the AR baseline trained at several compute budgets on the
+same data, scored by the same reference LM at matched unigram entropy.
+
+ldlm is the system the preset ships (VAE, latents, seam decoder, block-causal prior); the
+AR baseline is the preset's `ar`. Budget f multiplies the steps of every training stage of
+the preset (vae_train, decoder_train, dit_train for ldlm; ar_train for the baseline; the
+learning-rate schedules follow the steps); data and tokenizer are those of --base, whose
+reference LM (`make reference`, trained once) scores every text. Each budget's run is
+--out-dir/f<f>, trained through the stage entry points (`ldlm <stage> --run-dir ...`):
+finished stages are skipped and unfinished ones resume from their checkpoints, and every
+scored point is written to --results as soon as it is done, so a killed study picks up where
+it stopped.
+
+Compute: analytic training FLOPs (ldlm/flops.py: matmuls, forward x 3, self-conditioning's
+extra pass) of every step of every stage, plus one encoder pass over the corpus for the
+latents (ldlm); the VAE counts towards ldlm. Wall time is printed, not fitted (the machine
+is shared). Quality: for each system and budget, --n texts of --tokens tokens at each of
+--temperatures (ldlm: --sampler, --steps), gen-PPL under the reference LM and unigram entropy
+(ldlm/eval/long_texts.py), read at real text's entropy and at --gap nats below it.
+
+Fit, per system: log gen-PPL = a + b log10 FLOPs by least squares over the budgets, with the
+slope's standard error; the budget where the lines would meet (if they converge) from 10,000
+draws of both lines' parameters (normal, from the fits' covariances): median and 16-84%
+range, and the fraction of draws in which they converge at all.
+
+    .venv/bin/python benchmarks/scaling.py --base runs/bbc_news_cpu \\
+        --budgets 0.111,0.333,1 --out-dir runs/scaling \\
+        --results benchmarks/results/scaling.json --plot benchmarks/results/scaling.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# stage -> (the file it writes last, the train sections its steps come from)
+LDLM_STAGES = (("vae", "vae/eval.json", ("vae_train",)),
+               ("latents", "latents/meta.json", ()),
+               ("decoder", "decoder/eval.json", ("decoder_train",)),
+               ("dit", "dit/result.json", ("dit_train",)))
+AR_STAGES = (("ar", "ar/result.json", ("ar_train",)),)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--base", default="runs/bbc_news_cpu",
+                   help="run with the data, tokenizer and reference LM")
+    p.add_argument("--exp", default="bbc_news")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--budgets", default="0.111,0.333,1")
+    p.add_argument("--out-dir", default="runs/scaling")
+    p.add_argument("--n", type=int, default=128)
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--temperatures", default="1.3,1.0,0.85,0.7")
+    p.add_argument("--sampler", default="ddpm")
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--gap", type=float, default=0.5)
+    p.add_argument("--results", default="benchmarks/results/scaling.json")
+    p.add_argument("--plot", default="benchmarks/results/scaling.png")
+    p.add_argument("--train-only", action="store_true", help="train, do not score")
+    args = p.parse_args()
+
+    from ldlm.config import preset_config
+
+    base = pathlib.Path(args.base)
+    cfg = preset_config(args.preset)
+    results_path = pathlib.Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.setdefault("points", [])
+    results["args"] = {k: v for k, v in vars(args).items() if k != "train_only"}
+    temps = [float(t) for t in args.temperatures.split(",")]
+    scorer = None
+    for f in sorted(float(b) for b in args.budgets.split(",")):
+        run = pathlib.Path(args.out_dir) / f"f{f:g}"
+        sets = budget_sets(cfg, f)
+        for system, stages in (("ldlm", LDLM_STAGES), ("AR baseline", AR_STAGES)):
+            wall = train(run, base, stages, sets, args)
+            if args.train_only or any(pt["system"] == system and pt["budget"] == f
+                                      for pt in results["points"]):
+                continue
+            scorer = scorer or load_scorer(base)
+            point = {"system": system, "budget": f, "train_wall_s": wall,
+                     **compute(run, system, cfg, sets),
+                     "rows": score(run, system, scorer, temps, args)}
+            results["real_text"] = results.get("real_text") or real_row(base, scorer, args)
+            results["points"].append(point)
+            write_json(results_path, results)
+    if args.train_only:
+        return
+    summarise(results, args)
+    write_json(results_path, results)
+    plot(results, args.plot)
+    print(markdown(results))
+
+
+def budget_sets(cfg, f: float) -> list[str]:
+    """Config overrides for budget f: every train section's steps times f (at least 10),
+    checkpoints and validation no further apart than the run."""
+    out = []
+    for name in ("vae_train", "decoder_train", "dit_train", "ar_train"):
+        t = getattr(cfg, name)
+        steps = max(10, round(t.steps * f))
+        out += [f"{name}.steps={steps}",
+                f"{name}.checkpoint_every={min(t.checkpoint_every, steps)}",
+                f"{name}.eval_every=0"]
+    return out
+
+
+def train(run: pathlib.Path, base: pathlib.Path, stages, sets, args) -> float:
+    """Runs each unfinished stage of `stages` in `run` (data and tokenizer linked from
+    --base); the wall seconds its stages took by their own records."""
+    run.mkdir(parents=True, exist_ok=True)
+    for shared in ("data", "tokenizer"):
+        if not (run / shared).exists():
+            (run / shared).symlink_to((base / shared).resolve())
+    ldlm = pathlib.Path(sys.executable).with_name("ldlm")
+    for stage, done, _ in stages:
+        if (run / done).exists():
+            continue
+        cmd = [str(ldlm), stage, "--exp", args.exp, "--preset", args.preset,
+               "--run-dir", str(run)] + [x for s in sets for x in ("--set", s)]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    seconds = 0.0
+    for stage, _, _ in stages:
+        for name in ("result.json", "meta.json"):
+            f = run / stage / name
+            if f.exists():
+                d = json.loads(f.read_text())
+                seconds += d.get("train_seconds", d.get("seconds", 0.0))
+    return seconds
+
+
+def compute(run: pathlib.Path, system: str, cfg, sets) -> dict:
+    """Training FLOPs of the system at this budget, and epochs over the training blocks."""
+    from ldlm.flops import train_flops
+
+    c = cfg.override(sets)
+    meta = json.loads((run / "tokenizer" / "stats.json").read_text())
+    vocab = json.loads((run / "tokenizer" / "blocks" / "meta.json").read_text())["vocab_size"]
+    train_blocks = meta["splits"]["train"]["blocks"]
+    B = c.data.batch_size
+    parts = {}
+    if system == "ldlm":
+        parts["vae"] = train_flops("vae", c, vocab, B) * c.vae_train.steps
+        encoded = sum(json.loads((run / "latents" / "meta.json").read_text())["blocks"]
+                      .values())
+        from ldlm.flops import forward_flops
+        parts["latents"] = forward_flops("encoder", c, vocab, 1) * encoded
+        parts["decoder"] = train_flops("decoder", c, vocab, B) * c.decoder_train.steps
+        parts["dit"] = train_flops("dit", c, vocab, B) * c.dit_train.steps
+        epochs = {"vae": c.vae_train.steps * B / train_blocks,
+                  "dit": c.dit_train.steps * B * c.dit.window / train_blocks}
+    else:
+        parts["ar"] = train_flops("ar", c, vocab, B) * c.ar_train.steps
+        epochs = {"ar": c.ar_train.steps * B / train_blocks}
+    return {"flops": sum(parts.values()), "flops_by_stage": parts, "epochs": epochs}
+
+
+def load_scorer(base: pathlib.Path):
+    from ldlm.eval.compare import ReferenceLM
+    from ldlm.loading import load_stage_model, stage_config
+    from ldlm.models.ar import build_ar
+
+    ref_cfg = stage_config(base, "reference", "the reference LM")
+    vocab = json.loads((base / "tokenizer" / "blocks" / "meta.json").read_text())["vocab_size"]
+    model = load_stage_model(base, "reference", build_ar(ref_cfg, vocab, "reference"),
+                             ref_cfg.reference_train)
+    return ReferenceLM(model, ref_cfg.data.block_len)
+
+
+def score(run: pathlib.Path, system: str, scorer, temps, args) -> list[dict]:
+    """One row per temperature: the texts' metrics under the reference LM."""
+    import jax
+
+    from ldlm.eval import long_texts
+
+    rows = []
+    if system == "ldlm":
+        from ldlm.inference.generation import LatentDiffusionPipeline
+
+        pipe = LatentDiffusionPipeline.from_pretrained(run)
+
+        def write(T):
+            return pipe.generate_tokens(n=args.n, steps=args.steps, sampler=args.sampler,
+                                        seed=0, max_tokens=args.tokens, temperature=T)
+    else:
+        from ldlm.loading import load_stage_model, stage_config
+        from ldlm.models.ar import build_ar
+
+        cfg = stage_config(run, "ar", "the AR baseline")
+        vocab = json.loads((run / "tokenizer" / "blocks" / "meta.json").read_text())[
+            "vocab_size"]
+        model = load_stage_model(run, "ar", build_ar(cfg, vocab), cfg.ar_train)
+        writer = long_texts.ARWriter(model, cfg.data.block_len, top_p=cfg.ar.top_p)
+
+        def write(T):
+            return writer.texts(args.n, args.tokens, jax.random.PRNGKey(0), T)
+    for T in temps:
+        start = time.perf_counter()
+        texts = write(T)
+        seconds = time.perf_counter() - start
+        row = {"temperature": T, "seconds": seconds,
+               **long_texts.text_row(texts, {"reference": scorer})}
+        print(f"{run.name} {system} T={T}: gen-PPL {row['gen_ppl_reference']:.0f} at H "
+              f"{row['unigram_entropy']:.2f}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def real_row(base: pathlib.Path, scorer, args) -> dict:
+    from ldlm.eval import long_texts
+
+    texts = long_texts.real_texts(base, args.n, args.tokens)
+    return long_texts.text_row(texts, {"reference": scorer})
+
+
+def summarise(results: dict, args) -> None:
+    """Matched gen-PPL per point, the fitted lines and where they would meet."""
+    from ldlm.eval import long_texts
+
+    real_h = results["real_text"]["unigram_entropy"]
+    entropies = {"real_text": real_h, "lower": real_h - args.gap}
+    results["entropies"] = entropies
+    for pt in results["points"]:
+        pt["matched"] = {k: long_texts.matched(pt["rows"], [h], "gen_ppl_reference")[h]
+                         for k, h in entropies.items()}
+    results["fits"] = {}
+    for k in entropies:
+        fits = {s: fit_line([(p["flops"], p["matched"][k]) for p in results["points"]
+                             if p["system"] == s and p["matched"][k]])
+                for s in ("ldlm", "AR baseline")}
+        results["fits"][k] = {**fits, "meet": meeting_point(fits["ldlm"], fits["AR baseline"])}
+
+
+def fit_line(points) -> dict | None:
+    """log10 gen-PPL = a + b log10 FLOPs, least squares; None with fewer than 2 points.
+    cov: the parameters' covariance (None with 2 points: no residual to estimate it)."""
+    if len(points) < 2:
+        return None
+    x = np.log10([p[0] for p in points])
+    y = np.log10([p[1] for p in points])
+    X = np.stack([np.ones_like(x), x], 1)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    dof = len(x) - 2
+    cov = None
+    if dof > 0:
+        s2 = float(((y - X @ coef) ** 2).sum() / dof)
+        cov = (s2 * np.linalg.inv(X.T @ X)).tolist()
+    return {"a": float(coef[0]), "b": float(coef[1]), "points": len(x), "cov": cov,
+            "b_se": None if cov is None else float(np.sqrt(cov[1][1]))}
+
+
+def meeting_point(ldlm: dict | None, ar: dict | None, draws: int = 10_000) -> dict | None:
+    """FLOPs where the fitted lines cross: the point estimate and, from draws of both lines'
+    parameters, the fraction that converge (ldlm's line falls faster) and the median and
+    16-84% range of the crossing among them."""
+    if not ldlm or not ar:
+        return None
+    out = {"converge": ldlm["b"] < ar["b"]}
+    if out["converge"]:
+        out["log10_flops"] = (ar["a"] - ldlm["a"]) / (ldlm["b"] - ar["b"])
+    if ldlm["cov"] is None or ar["cov"] is None:
+        return out
+    rng = np.random.default_rng(0)
+    pl = rng.multivariate_normal([ldlm["a"], ldlm["b"]], ldlm["cov"], draws)
+    pa = rng.multivariate_normal([ar["a"], ar["b"]], ar["cov"], draws)
+    conv = pl[:, 1] < pa[:, 1]
+    cross = (pa[conv, 0] - pl[conv, 0]) / (pl[conv, 1] - pa[conv, 1])
+    out["fraction_converging"] = float(conv.mean())
+    if conv.any():
+        out["log10_flops_median"], out["log10_flops_16"], out["log10_flops_84"] = (
+            float(np.median(cross)), float(np.percentile(cross, 16)),
+            float(np.percentile(cross, 84)))
+    return out
+
+
+def plot(results: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (k, h) in zip(axes, results["entropies"].items()):
+        for system, style in (("ldlm", "o-"), ("AR baseline", "s-")):
+            pts = sorted((p["flops"], p["matched"][k]) for p in results["points"]
+                         if p["system"] == system and p["matched"][k])
+            if pts:
+                ax.plot(*zip(*pts), style, label=system)
+            f = results["fits"][k][system]
+            if f:
+                xs = np.logspace(np.log10(pts[0][0]) - 0.5, np.log10(pts[-1][0]) + 1.5, 20)
+                ax.plot(xs, 10 ** (f["a"] + f["b"] * np.log10(xs)), ":",
+                        color=ax.lines[-1].get_color(),
+                        label=f"{system} fit, slope {f['b']:.2f}")
+        ax.axhline(results["real_text"]["gen_ppl_reference"], color="k", linestyle="--",
+                   label="real text")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training FLOPs (VAE included for ldlm)")
+        ax.set_ylabel("gen-PPL under the reference LM")
+        ax.set_title(f"at unigram entropy {h:.2f} ({k.replace('_', ' ')})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+    ks = list(results["entropies"])
+    hs = results["entropies"]
+    out = ["| system | budget | training FLOPs | epochs | " +
+           " | ".join(f"gen-PPL at H={hs[k]:.2f}" for k in ks) + " |",
+           "|---|---|---|---|" + "---|" * len(ks)]
+    for p in sorted(results["points"], key=lambda p: (p["system"], p["budget"])):
+        ep = ", ".join(f"{k} {v:.2f}" for k, v in p["epochs"].items())
+        out.append(f"| {p['system']} | {p['budget']:g}x | {p['flops']:.2e} | {ep} | " +
+                   " | ".join("-" if p["matched"][k] is None else f"{p['matched'][k]:.0f}"
+                              for k in ks) + " |")
+    for k in ks:
+        fits = results["fits"][k]
+        parts = []
+        for s in ("ldlm", "AR baseline"):
+            f = fits[s]
+            if f:
+                se = "" if f["b_se"] is None else f" ± {f['b_se']:.2f}"
+                parts.append(f"{s} slope {f['b']:.3f}{se}")
+        m = fits["meet"]
+        if m and m.get("converge"):
+            meet = f"lines meet at 1e{m['log10_flops']:.1f} FLOPs"
+            if "log10_flops_median" in m:
+                meet += (f" (draws: {100 * m['fraction_converging']:.0f}% converge, median "
+                         f"1e{m['log10_flops_median']:.1f}, 16-84% 1e{m['log10_flops_16']:.1f}"
+                         f"-1e{m['log10_flops_84']:.1f})")
+        elif m:
+            meet = "lines do not converge"
+            if "fraction_converging" in m:
+                meet += f" ({100 * m['fraction_converging']:.0f}% of draws do)"
+        else:
+            meet = "too few points to fit"
+        out.append(f"\nAt H={hs[k]:.2f}: " + "; ".join(parts) + f"; {meet}.")
+    return "\n".join(out)
+
+
+def write_json(path: pathlib.Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()
