@@ -16,7 +16,9 @@ extra pass) of every step of every stage, plus one encoder pass over the corpus 
 latents (ldlm); the VAE counts towards ldlm. Wall time is printed, not fitted (the machine
 is shared). Quality: for each system and budget, --n texts of --tokens tokens at each of
 --temperatures (ldlm: --sampler, --steps), gen-PPL under the reference LM and unigram entropy
-(ldlm/eval/long_texts.py), read at real text's entropy and at --gap nats below it.
+(ldlm/eval/long_texts.py), read at real text's entropy and at each of --gaps nats below it
+(a point whose temperature sweep does not reach an entropy has no value there, and is left
+out of that entropy's fit).
 
 Fit, per system: log gen-PPL = a + b log10 FLOPs by least squares over the budgets, with the
 slope's standard error; the budget where the lines would meet (if they converge) from 10,000
@@ -58,10 +60,13 @@ def main() -> None:
     p.add_argument("--out-dir", default="runs/scaling")
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--tokens", type=int, default=128)
-    p.add_argument("--temperatures", default="1.3,1.0,0.85,0.7")
+    p.add_argument("--temperatures", default="1.3,1.0,0.85,0.7", help="ldlm's sweep")
+    p.add_argument("--ar-temperatures", default="1.3,1.0,0.85,0.7,0.55,0.4",
+                   help="the baseline's sweep (down to the low entropies of small budgets)")
     p.add_argument("--sampler", default="ddpm")
     p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--gap", type=float, default=0.5)
+    p.add_argument("--gaps", default="0.5,1.0",
+                   help="read the curves at real text's entropy and these many nats below")
     p.add_argument("--results", default="benchmarks/results/scaling.json")
     p.add_argument("--plot", default="benchmarks/results/scaling.png")
     p.add_argument("--train-only", action="store_true", help="train, do not score")
@@ -75,22 +80,29 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("points", [])
     results["args"] = {k: v for k, v in vars(args).items() if k != "train_only"}
-    temps = [float(t) for t in args.temperatures.split(",")]
+    sweeps = {"ldlm": [float(t) for t in args.temperatures.split(",")],
+              "AR baseline": [float(t) for t in args.ar_temperatures.split(",")]}
     scorer = None
     for f in sorted(float(b) for b in args.budgets.split(",")):
         run = pathlib.Path(args.out_dir) / f"f{f:g}"
         sets = budget_sets(cfg, f)
         for system, stages in (("ldlm", LDLM_STAGES), ("AR baseline", AR_STAGES)):
             wall = train(run, base, stages, sets, args)
-            if args.train_only or any(pt["system"] == system and pt["budget"] == f
-                                      for pt in results["points"]):
+            if args.train_only:
+                continue
+            point = next((pt for pt in results["points"] if pt["system"] == system and
+                          pt["budget"] == f), None)
+            if point is None:
+                point = {"system": system, "budget": f, "train_wall_s": wall,
+                         **compute(run, system, cfg, sets), "rows": []}
+                results["points"].append(point)
+            todo = [T for T in sweeps[system] if T not in {r["temperature"] for r in
+                                                           point["rows"]}]
+            if not todo:
                 continue
             scorer = scorer or load_scorer(base)
-            point = {"system": system, "budget": f, "train_wall_s": wall,
-                     **compute(run, system, cfg, sets),
-                     "rows": score(run, system, scorer, temps, args)}
             results["real_text"] = results.get("real_text") or real_row(base, scorer, args)
-            results["points"].append(point)
+            point["rows"] += score(run, system, scorer, todo, args)
             write_json(results_path, results)
     if args.train_only:
         return
@@ -98,6 +110,8 @@ def main() -> None:
     write_json(results_path, results)
     plot(results, args.plot)
     print(markdown(results))
+    print()
+    print(markdown_own(results))
 
 
 def budget_sets(cfg, f: float) -> list[str]:
@@ -223,11 +237,13 @@ def real_row(base: pathlib.Path, scorer, args) -> dict:
 
 
 def summarise(results: dict, args) -> None:
-    """Matched gen-PPL per point, the fitted lines and where they would meet."""
+    """Matched gen-PPL per point at fixed entropies with the fitted lines and where they
+    would meet, and the ratio at ldlm's own entropy (`at_ldlm_entropy`)."""
     from ldlm.eval import long_texts
 
     real_h = results["real_text"]["unigram_entropy"]
-    entropies = {"real_text": real_h, "lower": real_h - args.gap}
+    entropies = {"real_text": real_h, **{f"real_text_minus_{g}": real_h - float(g)
+                                         for g in args.gaps.split(",")}}
     results["entropies"] = entropies
     for pt in results["points"]:
         pt["matched"] = {k: long_texts.matched(pt["rows"], [h], "gen_ppl_reference")[h]
@@ -238,6 +254,36 @@ def summarise(results: dict, args) -> None:
                              if p["system"] == s and p["matched"][k]])
                 for s in ("ldlm", "AR baseline")}
         results["fits"][k] = {**fits, "meet": meeting_point(fits["ldlm"], fits["AR baseline"])}
+    results["at_ldlm_entropy"] = at_ldlm_entropy(results)
+
+
+def at_ldlm_entropy(results: dict) -> dict:
+    """Per ldlm budget: the unigram entropy and gen-PPL of its texts at temperature 1, the
+    baseline's gen-PPL at that entropy and at ldlm's training FLOPs (each baseline budget's
+    sweep read at that entropy, then the line fitted through them read at those FLOPs), and
+    their ratio; then the ratio's line against FLOPs and where it would reach 1. This
+    compares at matched entropy even where ldlm's temperature barely moves its entropy."""
+    from ldlm.eval import long_texts
+
+    ar_points = [p for p in results["points"] if p["system"] == "AR baseline"]
+    rows = []
+    for p in sorted((p for p in results["points"] if p["system"] == "ldlm"),
+                    key=lambda p: p["flops"]):
+        own = next((r for r in p["rows"] if r["temperature"] == 1.0), None)
+        if own is None:
+            continue
+        h, ppl = own["unigram_entropy"], own["gen_ppl_reference"]
+        ar_at_h = [(a["flops"], long_texts.matched(a["rows"], [h], "gen_ppl_reference")[h])
+                   for a in ar_points]
+        ar_at_h = [(f, v) for f, v in ar_at_h if v]
+        line = fit_line(ar_at_h)
+        ar = 10 ** (line["a"] + line["b"] * np.log10(p["flops"])) if line else None
+        rows.append({"budget": p["budget"], "flops": p["flops"], "unigram_entropy": h,
+                     "gen_ppl": ppl, "ar_budgets_at_entropy": len(ar_at_h),
+                     "ar_gen_ppl": ar, "ratio": None if ar is None else ppl / ar})
+    fit = fit_line([(r["flops"], r["ratio"]) for r in rows if r["ratio"]])
+    parity = {"a": 0.0, "b": 0.0, "cov": [[0.0, 0.0], [0.0, 0.0]]}  # ratio 1 at any FLOPs
+    return {"rows": rows, "fit": fit, "parity": meeting_point(fit, parity)}
 
 
 def fit_line(points) -> dict | None:
@@ -288,7 +334,27 @@ def plot(results: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    n = 1 + len(results["entropies"])
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
+    ax, axes = axes[0][0], axes[0][1:]
+    own = results["at_ldlm_entropy"]
+    pts = [(r["flops"], r["ratio"], r["unigram_entropy"]) for r in own["rows"] if r["ratio"]]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="ldlm / AR baseline")
+        for x, y, h in pts:
+            ax.annotate(f"H {h:.2f}", (x, y), fontsize=7)
+        if own["fit"]:
+            f = own["fit"]
+            xs = np.logspace(np.log10(pts[0][0]) - 0.5, np.log10(pts[-1][0]) + 2, 20)
+            ax.plot(xs, 10 ** (f["a"] + f["b"] * np.log10(xs)), ":",
+                    label=f"fit, slope {f['b']:.2f}")
+    ax.axhline(1.0, color="k", linestyle="--", label="parity")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("ldlm's training FLOPs")
+    ax.set_ylabel("gen-PPL ratio at ldlm's entropy and FLOPs")
+    ax.set_title("ldlm / AR baseline (temperature 1)", fontsize=9)
+    ax.legend(fontsize=8)
     for ax, (k, h) in zip(axes, results["entropies"].items()):
         for system, style in (("ldlm", "o-"), ("AR baseline", "s-")):
             pts = sorted((p["flops"], p["matched"][k]) for p in results["points"]
@@ -307,7 +373,7 @@ def plot(results: dict, path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("training FLOPs (VAE included for ldlm)")
         ax.set_ylabel("gen-PPL under the reference LM")
-        ax.set_title(f"at unigram entropy {h:.2f} ({k.replace('_', ' ')})")
+        ax.set_title(f"at unigram entropy {h:.2f} ({k.replace('_', ' ')})", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -348,6 +414,31 @@ def markdown(results: dict) -> str:
         else:
             meet = "too few points to fit"
         out.append(f"\nAt H={hs[k]:.2f}: " + "; ".join(parts) + f"; {meet}.")
+    return "\n".join(out)
+
+
+def markdown_own(results: dict) -> str:
+    own = results["at_ldlm_entropy"]
+    out = ["| ldlm budget | training FLOPs | unigram H (T=1) | ldlm gen-PPL | AR gen-PPL at "
+           "that H and FLOPs | ratio |", "|---|---|---|---|---|---|"]
+    for r in own["rows"]:
+        ar = "-" if r["ar_gen_ppl"] is None else f"{r['ar_gen_ppl']:.0f}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        out.append(f"| {r['budget']:g}x | {r['flops']:.2e} | {r['unigram_entropy']:.2f} | "
+                   f"{r['gen_ppl']:.0f} | {ar} | {ratio} |")
+    f, m = own["fit"], own["parity"]
+    if f:
+        se = "" if f["b_se"] is None else f" ± {f['b_se']:.2f}"
+        line = f"\nRatio against FLOPs: slope {f['b']:.3f}{se} (log-log)"
+        if m and m.get("converge"):
+            line += f"; it would reach 1 at 1e{m['log10_flops']:.1f} FLOPs"
+            if "log10_flops_median" in m:
+                line += (f" ({100 * m['fraction_converging']:.0f}% of draws fall, median "
+                         f"1e{m['log10_flops_median']:.1f}, 16-84% 1e{m['log10_flops_16']:.1f}"
+                         f"-1e{m['log10_flops_84']:.1f})")
+        else:
+            line += "; it does not fall"
+        out.append(line + ".")
     return "\n".join(out)
 
 

@@ -9,9 +9,9 @@ reference LM's mean hidden state), distinct-1/2/3, repeated-4-gram rate, memoris
 same way as the reference point. Class-conditional ldlm samples are classified by a
 bag-of-words topic classifier trained on the training split, per guidance scale.
 
-The reference LM is `eval.reference`: "ar", the AR baseline itself (scoring the baseline's
-own samples with it favours the baseline), or "reference", a larger LM trained longer
-(`make reference`); the report names the one used.
+The scorer is `eval.reference` (ldlm/stages/eval.py): the reference LM of `make reference`
+(larger and trained longer than the baseline) where it has been trained, else the AR
+baseline itself, which favours its own samples; the report names the one used.
 """
 
 from __future__ import annotations
