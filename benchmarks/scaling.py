@@ -20,10 +20,16 @@ is shared). Quality: for each system and budget, --n texts of --tokens tokens at
 (a point whose temperature sweep does not reach an entropy has no value there, and is left
 out of that entropy's fit).
 
-Fit, per system: log gen-PPL = a + b log10 FLOPs by least squares over the budgets, with the
-slope's standard error; the budget where the lines would meet (if they converge) from 10,000
-draws of both lines' parameters (normal, from the fits' covariances): median and 16-84%
-range, and the fraction of draws in which they converge at all.
+Fit, per system and entropy: log gen-PPL = a + b log10 FLOPs by least squares over the
+budgets, with the slope's standard error; the budget where the lines would meet (if they
+converge) from 10,000 draws of both lines' parameters (normal, from the fits' covariances):
+median and 16-84% range, and the fraction of draws in which they converge at all.
+
+Small priors barely move their entropy with the temperature, so a fixed entropy may lie
+outside their sweep. `at_ldlm_entropy` compares where every ldlm point has a value: ldlm at
+temperature 1 against the baseline at the same unigram entropy (each baseline budget's sweep
+read there) and the same FLOPs (the baseline's line through its budgets read at ldlm's
+FLOPs); the ratio's line against FLOPs and where it would reach 1 are fitted as above.
 
     .venv/bin/python benchmarks/scaling.py --base runs/bbc_news_cpu \\
         --budgets 0.111,0.333,1 --out-dir runs/scaling \\
