@@ -102,6 +102,7 @@ def main() -> None:
                 point = {"system": system, "budget": f, "train_wall_s": wall,
                          **compute(run, system, cfg, sets), "rows": []}
                 results["points"].append(point)
+            point["train_wall_s"] = wall
             todo = [T for T in sweeps[system] if T not in {r["temperature"] for r in
                                                            point["rows"]}]
             if not todo:
@@ -149,12 +150,9 @@ def train(run: pathlib.Path, base: pathlib.Path, stages, sets, args) -> float:
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
     seconds = 0.0
-    for stage, _, _ in stages:
-        for name in ("result.json", "meta.json"):
-            f = run / stage / name
-            if f.exists():
-                d = json.loads(f.read_text())
-                seconds += d.get("train_seconds", d.get("seconds", 0.0))
+    for stage, done, _ in stages:  # each stage's own record of its time
+        d = json.loads((run / done).read_text())
+        seconds += d.get("train_seconds", d.get("seconds", 0.0))
     return seconds
 
 
