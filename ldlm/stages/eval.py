@@ -157,7 +157,7 @@ def _matched_entropy(cfg: Config, run_dir, pipe, ar, scorers: dict) -> dict:
     rows = [{"system": "real text", **long_texts.text_row(
         long_texts.real_texts(run_dir, n, tokens, e.seed), scorers)}]
     writer = long_texts.ARWriter(ar, pipe.vae.block_len, top_p=cfg.ar.top_p)
-    for T in e.long_temperatures:
+    for T in e.long_temperatures:  # the temperature is static: each compiles, so each warms up
         texts, seconds = compare.timed(
             lambda: writer.texts(n, tokens, jax.random.PRNGKey(e.seed), T))
         rows.append({"system": "AR baseline", "temperature": T, "seconds": seconds,
