@@ -57,6 +57,8 @@ def test_block_length_that_cannot_hold_a_token_and_eos():
     ("data.source=csv", "['tfds', 'text_folder', 'jsonl']"),
     ("dit.schedule=sigmoid", "['cosine', 'linear']"),
     ("eval.samplers=ddim,euler", "['ddpm', 'ddim', 'dpm++']"),
+    ("eval.long_sampler=euler", "['ddpm', 'ddim', 'dpm++']"),
+    ("eval.reference=gpt2", "['auto', 'reference', 'ar']"),
     ("mesh.rules=zero3", "['fsdp_tp', 'fsdp', 'replicated']"),
     ("dit_train.compute_dtype=float16", "['float32', 'bfloat16']"),
 ])
@@ -91,6 +93,12 @@ def test_semantic_validation():
         apply_overrides(Config(), ["eval.temperature=0"])
     with pytest.raises(ConfigError, match="decoder.latent_noise_max=-0.5 must be >= 0"):
         apply_overrides(Config(), ["decoder.latent_noise_max=-0.5"])
+    with pytest.raises(ConfigError, match=r"eval.long_temperatures=.* must be temperatures"):
+        apply_overrides(Config(), ["eval.long_temperatures=1.0,0"])
+    with pytest.raises(ConfigError, match="eval.long_tokens=0 must be at least 1"):
+        apply_overrides(Config(), ["eval.long_tokens=0"])
+    with pytest.raises(ConfigError, match=r"eval.long_steps=0 must be step counts"):
+        apply_overrides(Config(), ["eval.long_steps=0"])
 
 
 def test_json_roundtrip_rebuilds_the_config():
