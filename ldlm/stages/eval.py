@@ -44,7 +44,8 @@ def run_eval(cfg: Config, run_dir) -> dict:
     ar = load_stage_model(run_dir, "ar", build_ar(ar_cfg, pipe.vae.tokenizer.vocab_size),
                           ar_cfg.ar_train)
     scorers, ref_name = _scorers(cfg, run_dir, ar, L)
-    ref = scorers["reference"] if "reference" in scorers else scorers["ar"]
+    primary = _primary(scorers)
+    ref = scorers[primary]
     log.info("scorer: %s", ref_name)
     n = e.num_samples
 
@@ -96,8 +97,8 @@ def run_eval(cfg: Config, run_dir) -> dict:
 
     topic = _topic_accuracy(pipe, classifier, e, real, real_labels, pick)
     matched = _matched_entropy(cfg, run_dir, pipe, ar, scorers)
-    report = {"reference_lm": ref_name, "scorer": "reference" if "reference" in scorers
-              else "ar", "matched_entropy": matched, "ldlm_temperature": e.temperature,
+    report = {"reference_lm": ref_name, "scorer": primary, "matched_entropy": matched,
+              "ldlm_temperature": e.temperature,
               "num_samples": n, "block_len": L, "device": jax.devices()[0].device_kind,
               "table": rows, "topic_accuracy": topic,
               "examples": {"real": pipe.vae.tokenizer.decode(real[0]),
@@ -140,6 +141,11 @@ def _check_same_tokenizer(ref_run, run_dir) -> None:
                           f"than {run_dir} ({theirs} differs from {mine})")
 
 
+def _primary(scorers: dict) -> str:
+    """The scorer every headline number uses: the reference LM when there is one."""
+    return "reference" if "reference" in scorers else "ar"
+
+
 def _baseline_score(seqs, scorers: dict) -> dict:
     """The AR baseline's own gen-PPL, beside the reference LM's."""
     if "reference" not in scorers:
@@ -178,7 +184,7 @@ def _matched_entropy(cfg: Config, run_dir, pipe, ar, scorers: dict) -> dict:
                  for system in ("ldlm", "AR baseline")} for name in scorers}
     ratios = {name: {h: long_texts.ratio(a["ldlm"][h], a["AR baseline"][h])
                      for h in entropies} for name, a in at.items()}
-    primary = "reference" if "reference" in scorers else "ar"
+    primary = _primary(scorers)
     for h in entropies:
         ppl = at[primary]
         log.info("gen-PPL at unigram entropy %.2f: ldlm %s, AR baseline %s, ratio %s", h,
