@@ -50,11 +50,12 @@ def main() -> None:
     from ldlm.eval import compare
     from ldlm.eval import sample_metrics as metrics
     from ldlm.eval.long_texts import real_texts
+    from ldlm.inference.causal_lm import load_causal_lm
     from ldlm.inference.generation import LatentDiffusionPipeline
 
     base = LatentDiffusionPipeline.from_pretrained(args.base)
     L = base.vae.block_len
-    scorer = compare.ReferenceLM(_ar_model(args.base, base), L)
+    scorer = compare.ReferenceLM(load_causal_lm(args.base, "ar")[0], L)
     budgets = [int(s) for s in args.steps.split(",")]
     temps = [float(t) for t in args.temperatures.split(",")]
 
@@ -126,15 +127,6 @@ def matched_ppl(rows: list[dict], entropy: float):
     from ldlm.eval.sample_metrics import value_at_entropy
 
     return value_at_entropy([(r["unigram_entropy"], r["gen_ppl"]) for r in rows], entropy)
-
-
-def _ar_model(run_dir, pipe):
-    from ldlm.loading import load_stage_model, stage_config
-    from ldlm.models.ar import build_ar
-
-    cfg = stage_config(run_dir, "ar", "the AR baseline")
-    return load_stage_model(run_dir, "ar", build_ar(cfg, pipe.vae.tokenizer.vocab_size),
-                            cfg.ar_train)
 
 
 if __name__ == "__main__":

@@ -94,13 +94,11 @@ def ar_sampler(run_dir, pipe, temperature: float | None = None):
 
     from ldlm.data.tokenizer import EOS_ID
     from ldlm.errors import MissingStageError
-    from ldlm.loading import load_stage_model, stage_config
-    from ldlm.models.ar import build_ar, sample_tokens
+    from ldlm.inference.causal_lm import load_causal_lm
+    from ldlm.models.ar import sample_tokens
 
     try:
-        cfg = stage_config(run_dir, "ar", "the AR baseline")
-        model = load_stage_model(run_dir, "ar", build_ar(cfg, pipe.vae.tokenizer.vocab_size),
-                                 cfg.ar_train)
+        model, cfg = load_causal_lm(run_dir, "ar")
     except MissingStageError:
         return None
     L = pipe.vae.block_len

@@ -184,13 +184,9 @@ def compute(run: pathlib.Path, system: str, cfg, sets) -> dict:
 
 def load_scorer(base: pathlib.Path):
     from ldlm.eval.compare import ReferenceLM
-    from ldlm.loading import load_stage_model, stage_config
-    from ldlm.models.ar import build_ar
+    from ldlm.inference.causal_lm import load_causal_lm
 
-    ref_cfg = stage_config(base, "reference", "the reference LM")
-    vocab = json.loads((base / "tokenizer" / "blocks" / "meta.json").read_text())["vocab_size"]
-    model = load_stage_model(base, "reference", build_ar(ref_cfg, vocab, "reference"),
-                             ref_cfg.reference_train)
+    model, ref_cfg = load_causal_lm(base, "reference")
     return ReferenceLM(model, ref_cfg.data.block_len)
 
 
@@ -210,13 +206,9 @@ def score(run: pathlib.Path, system: str, scorer, temps, args) -> list[dict]:
             return pipe.generate_tokens(n=args.n, steps=args.steps, sampler=args.sampler,
                                         seed=0, max_tokens=args.tokens, temperature=T)
     else:
-        from ldlm.loading import load_stage_model, stage_config
-        from ldlm.models.ar import build_ar
+        from ldlm.inference.causal_lm import load_causal_lm
 
-        cfg = stage_config(run, "ar", "the AR baseline")
-        vocab = json.loads((run / "tokenizer" / "blocks" / "meta.json").read_text())[
-            "vocab_size"]
-        model = load_stage_model(run, "ar", build_ar(cfg, vocab), cfg.ar_train)
+        model, cfg = load_causal_lm(run, "ar")
         writer = long_texts.ARWriter(model, cfg.data.block_len, top_p=cfg.ar.top_p)
 
         def write(T):
@@ -250,8 +242,7 @@ def summarise(results: dict, args) -> None:
                                          for g in args.gaps.split(",")}}
     results["entropies"] = entropies
     for pt in results["points"]:
-        pt["matched"] = {k: long_texts.matched(pt["rows"], [h], "gen_ppl_reference")[h]
-                         for k, h in entropies.items()}
+        pt["matched"] = long_texts.matched(pt["rows"], entropies, "gen_ppl_reference")
     results["fits"] = {}
     for k in entropies:
         fits = {s: fit_line([(p["flops"], p["matched"][k]) for p in results["points"]
@@ -277,7 +268,8 @@ def at_ldlm_entropy(results: dict) -> dict:
         if own is None:
             continue
         h, ppl = own["unigram_entropy"], own["gen_ppl_reference"]
-        ar_at_h = [(a["flops"], long_texts.matched(a["rows"], [h], "gen_ppl_reference")[h])
+        ar_at_h = [(a["flops"], long_texts.matched(a["rows"], {"h": h},
+                                                   "gen_ppl_reference")["h"])
                    for a in ar_points]
         ar_at_h = [(f, v) for f, v in ar_at_h if v]
         line = fit_line(ar_at_h)

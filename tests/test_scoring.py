@@ -95,5 +95,6 @@ def test_text_row_scores_every_token_with_every_scorer():
     assert row["gen_ppl_reference"] != row["gen_ppl_ar"] and row["mean_tokens"] == 32 / 3
     rows = [{"unigram_entropy": 5.0, "gen_ppl": 100.0}, {"unigram_entropy": 6.0,
                                                          "gen_ppl": 400.0}]
-    assert matched(rows, [5.5, 6.5], "gen_ppl") == {5.5: pytest.approx(200.0), 6.5: None}
+    assert matched(rows, {"low": 5.5, "high": 6.5}, "gen_ppl") == {
+        "low": pytest.approx(200.0), "high": None}
     assert ratio(400.0, 100.0) == 4.0 and ratio(None, 100.0) is None

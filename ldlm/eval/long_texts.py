@@ -92,11 +92,11 @@ def text_row(texts: Sequence[Sequence[int]], scorers: dict) -> dict:
     return row
 
 
-def matched(rows: Iterable[dict], entropies: Iterable[float], key: str) -> dict:
-    """{entropy: value of `key` read at that unigram entropy along the rows' temperature
+def matched(rows: Iterable[dict], entropies: dict[str, float], key: str) -> dict:
+    """{name: value of `key` read at the named unigram entropy along the rows' temperature
     sweep, None outside it}."""
     points = [(r["unigram_entropy"], r[key]) for r in rows]
-    return {float(h): metrics.value_at_entropy(points, h) for h in entropies}
+    return {name: metrics.value_at_entropy(points, h) for name, h in entropies.items()}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

@@ -25,9 +25,9 @@ from ldlm.data.tokenizer import EOS_ID, through_eos
 from ldlm.errors import ConfigError
 from ldlm.eval import compare, long_texts
 from ldlm.eval import sample_metrics as metrics
+from ldlm.inference.causal_lm import load_causal_lm
 from ldlm.inference.generation import LatentDiffusionPipeline
-from ldlm.loading import load_stage_model, stage_config
-from ldlm.models.ar import build_ar, sample_tokens
+from ldlm.models.ar import sample_tokens
 
 log = logging.getLogger("ldlm.eval")
 STAGE = "eval"
@@ -39,10 +39,8 @@ def run_eval(cfg: Config, run_dir) -> dict:
     rundir.start_stage(cfg, run_dir, STAGE)
     out_dir = rundir.stage_dir(run_dir, STAGE)
     pipe = LatentDiffusionPipeline.from_pretrained(run_dir)  # MissingStageError -> make dit
-    ar_cfg = stage_config(run_dir, "ar", "the AR baseline")
     L = pipe.vae.block_len
-    ar = load_stage_model(run_dir, "ar", build_ar(ar_cfg, pipe.vae.tokenizer.vocab_size),
-                          ar_cfg.ar_train)
+    ar, _ = load_causal_lm(run_dir, "ar")
     scorers, ref_name = _scorers(cfg, run_dir, ar, L)
     primary = _primary(scorers)
     ref = scorers[primary]
@@ -120,12 +118,9 @@ def _scorers(cfg: Config, run_dir, ar, L: int) -> tuple[dict, str]:
     if e.reference == "ar" or (e.reference == "auto" and not trained):
         why = "" if e.reference == "ar" else f" (no reference LM in {ref_run}: make reference)"
         return scorers, f"the AR baseline itself (make ar), which favours its own samples{why}"
-    ref_cfg = stage_config(ref_run, "reference", "the reference LM")  # -> make reference
+    model, ref_cfg = load_causal_lm(ref_run, "reference")  # MissingStageError -> make reference
     if ref_run.resolve() != pathlib.Path(run_dir).resolve():
         _check_same_tokenizer(ref_run, run_dir)
-    vocab = ar.vocab_size
-    model = load_stage_model(ref_run, "reference", build_ar(ref_cfg, vocab, "reference"),
-                             ref_cfg.reference_train)
     scorers["reference"] = compare.ReferenceLM(model, L)
     r = ref_cfg.reference
     return scorers, (f"the reference LM (make reference: {r.layers} layers, width {r.width}, "
@@ -178,22 +173,23 @@ def _matched_entropy(cfg: Config, run_dir, pipe, ar, scorers: dict) -> dict:
         log.info("%d-token texts, %s%s: %s", tokens, r["system"],
                  f" T={r['temperature']}" if "temperature" in r else "", compare.brief(r))
     real_h = rows[0]["unigram_entropy"]
-    entropies = [real_h, real_h - e.matched_entropy_gap]
+    entropies = {"real_text": real_h, "lower": real_h - e.matched_entropy_gap}
+    # {scorer: {system: {"real_text"|"lower": gen-PPL}}}, and the ratios keyed alike
     at = {name: {system: long_texts.matched([r for r in rows if r["system"] == system],
                                             entropies, f"gen_ppl_{name}")
                  for system in ("ldlm", "AR baseline")} for name in scorers}
-    ratios = {name: {h: long_texts.ratio(a["ldlm"][h], a["AR baseline"][h])
-                     for h in entropies} for name, a in at.items()}
+    ratios = {name: {k: long_texts.ratio(a["ldlm"][k], a["AR baseline"][k])
+                     for k in entropies} for name, a in at.items()}
     primary = _primary(scorers)
-    for h in entropies:
+    for k, h in entropies.items():
         ppl = at[primary]
         log.info("gen-PPL at unigram entropy %.2f: ldlm %s, AR baseline %s, ratio %s", h,
-                 _fmt(ppl["ldlm"][h]), _fmt(ppl["AR baseline"][h]),
-                 _fmt(ratios[primary][h], "{:.2f}"))
+                 _fmt(ppl["ldlm"][k]), _fmt(ppl["AR baseline"][k]),
+                 _fmt(ratios[primary][k], "{:.2f}"))
     return {"tokens": tokens, "num_samples": n, "sampler": e.long_sampler,
             "steps": e.long_steps, "ar_top_p": cfg.ar.top_p, "scorer": primary,
-            "entropies": {"real_text": real_h, "lower": entropies[1]},
-            "gen_ppl_at_entropy": at, "ratio_ldlm_to_ar": ratios, "rows": rows}
+            "entropies": entropies, "gen_ppl_at_entropy": at, "ratio_ldlm_to_ar": ratios,
+            "rows": rows}
 
 
 def _fmt(x, spec: str = "{:.0f}") -> str:
