@@ -22,14 +22,19 @@ class MetricsWriter:
     """Appends one JSON line per `write` and mirrors scalars to TensorBoard.
 
     Appending keeps the history of a resumed run in one file; each line carries its step.
+    A run resumed from the checkpoint at `resumed_at` trains the steps after it again, so
+    the lines of those steps written before the kill are dropped first (one line per step,
+    never two histories interleaved).
     """
 
-    def __init__(self, out_dir, tensorboard: bool = True):
+    def __init__(self, out_dir, tensorboard: bool = True, resumed_at: int | None = None):
         self.enabled = jax.process_index() == 0
         self.path = pathlib.Path(out_dir) / METRICS_FILE
         self._tb = None
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resumed_at is not None and self.path.is_file():
+                _drop_steps_after(self.path, resumed_at)
             self._file = self.path.open("a")
             if tensorboard:
                 from tensorboardX import SummaryWriter
@@ -60,6 +65,21 @@ class MetricsWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _drop_steps_after(path: pathlib.Path, step: int) -> None:
+    """Rewrites metrics.jsonl (through a rename: a kill leaves the old file) without the
+    lines past `step`; a torn last line of a killed write goes too."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
 
 def read_metrics(out_dir) -> list[dict]:

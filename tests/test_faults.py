@@ -35,6 +35,7 @@ from ldlm.cli.main import main
 from ldlm.errors import CheckpointDamaged, CheckpointMismatch, StageLocked
 from ldlm.inference.textvae import TextVAE
 from ldlm.locks import LOCK_FILE, read_holder, stage_lock
+from ldlm.logs import read_metrics
 from ldlm.mesh import make_mesh
 from ldlm.train import loop
 from ldlm.train.dit import dit_task
@@ -123,7 +124,8 @@ def test_sigkills_at_random_moments_end_with_the_uninterrupted_parameters(
     src, _ = tiny_run
     sets = ["vae_train.steps=60", "vae_train.checkpoint_every=5", "vae_train.log_every=5"]
     cfg = tiny_cfg.override(sets)
-    straight = train_vae(cfg, link_stages(src, tmp_path / "straight"))
+    straight_dir = link_stages(src, tmp_path / "straight")
+    straight = train_vae(cfg, straight_dir)
     killed = link_stages(src, tmp_path / "killed")
     cmd = _ldlm("vae", "--preset", "tiny", "--run-dir", str(killed), *_sets(sets))
     log = _kill_at_random_moments(cmd, kills, seed=kills, stage_dir=killed / "vae")
@@ -134,6 +136,11 @@ def test_sigkills_at_random_moments_end_with_the_uninterrupted_parameters(
     assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=0)
     assert_trees_close(resumed.state.opt_state, straight.state.opt_state, rtol=0, atol=0)
     assert_trees_close(resumed.state.ema, straight.state.ema, rtol=0, atol=0)
+    assert _history(killed) == _history(straight_dir)  # one line per step, as if never killed
+
+
+def _history(run_dir):
+    return [(r["step"], r["split"], r["loss"]) for r in read_metrics(run_dir / "vae")]
 
 
 # --------------------------------------------------------------------------- damage

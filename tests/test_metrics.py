@@ -18,5 +18,19 @@ def test_metrics_jsonl_and_tensorboard(tmp_path):
     assert b"train/loss" in data and b"validation/loss" in data
 
 
+def test_a_resumed_run_drops_the_lines_of_the_steps_it_trains_again(tmp_path):
+    with MetricsWriter(tmp_path, tensorboard=False) as w:
+        for step in (10, 20, 30):
+            w.write(step, {"loss": step / 10})
+        w.write(20, {"loss": 9.0}, split="validation")
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 40, "spl')  # a write torn by the kill
+    with MetricsWriter(tmp_path, tensorboard=False, resumed_at=20) as w:  # checkpoint 20
+        w.write(30, {"loss": 2.5})
+    rows = read_metrics(tmp_path)
+    assert [(r["step"], r["split"], r["loss"]) for r in rows] == [
+        (10, "train", 1.0), (20, "train", 2.0), (20, "validation", 9.0), (30, "train", 2.5)]
+
+
 def test_progress_counts():
     assert sum(progress(range(5), desc="x")) == 10

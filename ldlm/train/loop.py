@@ -223,7 +223,7 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
         ckpt.save(step, state, task.train_batches.get_state(),
                   {"step": step, "config": cfg.to_dict(), "must_match": task.must_match})
 
-    writer = MetricsWriter(out)
+    writer = MetricsWriter(out, resumed_at=start)
     window: list[dict] = []
     pending = None  # (step, device metrics): read after the next step is dispatched
     bar = progress(total=tcfg.steps, initial=start, desc=task.stage)
