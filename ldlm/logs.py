@@ -68,8 +68,8 @@ class MetricsWriter:
 
 
 def _drop_steps_after(path: pathlib.Path, step: int) -> None:
-    """Rewrites metrics.jsonl (through a rename: a kill leaves the old file) without the
-    lines past `step`; a torn last line of a killed write goes too."""
+    """Rewrites metrics.jsonl (atomically) without the lines past `step`; a torn last line
+    of a killed write goes too."""
     kept = []
     for line in path.read_text().splitlines():
         try:
@@ -77,9 +77,7 @@ def _drop_steps_after(path: pathlib.Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    rundir.write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def read_metrics(out_dir) -> list[dict]:

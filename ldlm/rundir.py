@@ -29,12 +29,16 @@ def stage_dir(run_dir, stage: str) -> pathlib.Path:
     return pathlib.Path(run_dir) / stage
 
 
-def write_json_atomic(path, obj) -> None:
-    """Writes JSON through a temporary file and a rename: a killed write leaves the old file."""
+def write_text_atomic(path, text: str) -> None:
+    """Writes through a temporary file and a rename: a killed write leaves the old file."""
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json_atomic(path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def start_stage(cfg: Config, run_dir, stage: str) -> pathlib.Path:
