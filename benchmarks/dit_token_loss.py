@@ -19,23 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ldlm import priors
 from ldlm.config import MeshConfig, load_experiment
 from ldlm.mesh import make_mesh, param_rules
-from ldlm.models.dit import build_dit
-from ldlm.train.dit import dit_loss
-from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
-from ldlm.train.state import init_state, make_optimizer
+from ldlm.priors.per_block import build_dit, dit_loss
+from ldlm.train.loop import Task, build_model, init_training
 from ldlm.models.vae import build_vae
-
-
-def synthetic_batch(B: int, L: int, N: int, D: int, vocab: int) -> dict:
-    rng = np.random.default_rng(0)
-    z = lambda: jnp.asarray(rng.standard_normal((B, N, D)), jnp.float32)  # noqa: E731
-    return {"z": z(), "prev": z(), "next": z(), "has_prev": jnp.ones(B, bool),
-            "has_next": jnp.ones(B, bool), "label": jnp.zeros(B, jnp.int32),
-            "doc_index": jnp.zeros(B, jnp.int32),
-            "tokens": jnp.asarray(rng.integers(4, vocab, (B, L)), jnp.int32),
-            "mask": jnp.ones((B, L), bool)}
 
 
 def main() -> None:
@@ -48,10 +37,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
-    cfg = load_experiment(args.exp, args.preset)
-    L, N, D, B = cfg.data.block_len, cfg.vae.num_latents, cfg.vae.latent_dim, cfg.data.batch_size
+    # the token loss is the per-block DiT's
+    cfg = load_experiment(args.exp, args.preset, ["dit.kind=per_block", "dit.window=0",
+                                                  "dit.block_size=0"])
+    N, D, B = cfg.vae.num_latents, cfg.vae.latent_dim, cfg.data.batch_size
     mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-    batch = synthetic_batch(B, L, N, D, args.vocab)
+    batch = priors.get(cfg).synthetic_batch(cfg, B, args.vocab)
     vae = Task("vae", cfg.vae_train, build_vae(cfg, args.vocab), None, train_batches=None)
     vae_graphdef, vae_params = build_model(vae, mesh, 0)
     fixed = {"vae": vae_params, "mean": jnp.zeros(D), "std": jnp.ones(D)}
@@ -65,10 +56,8 @@ def main() -> None:
                             decoder_graphdef=vae_graphdef, frozen=frozen)
 
         task = Task("dit", cfg.dit_train, build_dit(cfg, N, D, 5), loss_fn, train_batches=None)
-        graphdef, params = build_model(task, mesh, 0, param_rules(cfg.mesh.rules))
-        tx = make_optimizer(cfg.dit_train)
-        state = replicate_unsharded(init_state(params, tx, 0, ema=True), mesh)
-        runs[weight] = [make_train_step(graphdef, loss_fn, tx, cfg.dit_train), state]
+        _, state, step = init_training(task, mesh, 0, param_rules(cfg.mesh.rules))
+        runs[weight] = [step, state]
 
     times = {w: [] for w in runs}
     with jax.set_mesh(mesh):

@@ -9,9 +9,9 @@ import jax, jax.numpy as jnp, numpy as np
 from ldlm.data.latents import LatentWindowSource
 from ldlm.inference.generation import LatentDiffusionPipeline
 from ldlm.diffusion import schedules
-from ldlm.train.block_causal import window_times
+from ldlm.priors.block_causal.objective import window_times
 pipe = LatentDiffusionPipeline.from_pretrained("runs/bc_g1")
-m = pipe._block_causal; cfg = pipe.cfg.dit
+m = pipe.sampler.model; cfg = pipe.cfg.dit
 src = LatentWindowSource("runs/bc_g1", "validation", 2)
 idx = [i for i in range(len(src)) if src[i]["latent_mask"].all()][:256]
 items = [src[i] for i in idx]
@@ -20,7 +20,7 @@ fwd = jax.jit(lambda x0, z, t, mask: m(x0, z, t, latent_mask_BxW=mask))
 res = {}
 for k in range(4):
     key = jax.random.PRNGKey(k)
-    t = window_times(key, B, W, 1, "uniform")
+    t = window_times(key, B, W, 1, cfg, train=False)  # uniform times
     a, s = schedules.alpha_sigma(schedules.logsnr(t, cfg.schedule, cfg.snr_scale))
     eps = jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
     z = schedules.q_sample(x0, eps, a, s)

@@ -10,7 +10,8 @@ CPU, the FLOP/s of a large float32 matmul measured in the same run.
     .venv/bin/python benchmarks/mfu.py [--preset cpu] [--models vae,dit,ar]
         [--meshes 1,1,1] [--steps 10] [--set k=v ...]
 
-The block-causal prior: --set dit.window=2 --set dit.block_size=4 (its "dit" row).
+The prior is the config's kind (the cpu preset: block_causal); the per-block DiT:
+--set dit.kind=per_block --set dit.window=0 --set dit.block_size=0 (its "dit" row).
 """
 
 from __future__ import annotations
@@ -22,17 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ldlm import priors
 from ldlm.config import Config, MeshConfig, load_experiment
 from ldlm.flops import PEAK_BF16, matmul_flops_per_s, train_flops
 from ldlm.mesh import batch_sharding, make_mesh, param_rules
 from ldlm.models.ar import build_ar
 from ldlm.train.ar import ar_loss
-from ldlm.models.dit import build_dit
-from ldlm.models.prior import build_prior
-from ldlm.train.block_causal import block_causal_loss
-from ldlm.train.dit import dit_loss
-from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
-from ldlm.train.state import init_state, make_optimizer
+from ldlm.train.loop import Task, init_training
 from ldlm.models.vae import build_vae
 from ldlm.train.vae import vae_loss
 
@@ -47,19 +44,9 @@ def synthetic(model: str, cfg: Config, vocab: int, B: int) -> tuple[dict, object
             return batch, build_ar(cfg, vocab), ar_loss
         return batch, build_vae(cfg, vocab), lambda m, b, k, s, t, counts: vae_loss(
             m, b, k, s, t, counts=counts, cfg=cfg.vae, total_steps=1000)
-    if cfg.dit.window:  # the block-causal prior: windows of dit.window blocks
-        K = cfg.dit.window
-        batch = {"z": jnp.asarray(rng.standard_normal((B, K * N, D)), jnp.float32),
-                 "latent_mask": jnp.ones((B, K * N), bool), "label": jnp.zeros(B, jnp.int32),
-                 "mask": jnp.ones((B, K, L), bool)}
-        return batch, build_prior(cfg, N, D, 5), lambda m, b, k, s, t, counts: \
-            block_causal_loss(m, b, k, s, t, counts=counts, cfg=cfg.dit)
-    z = lambda: jnp.asarray(rng.standard_normal((B, N, D)), jnp.float32)  # noqa: E731
-    batch = {"z": z(), "prev": z(), "next": z(), "has_prev": jnp.ones(B, bool),
-             "has_next": jnp.ones(B, bool), "label": jnp.zeros(B, jnp.int32),
-             "doc_index": jnp.zeros(B, jnp.int32), "mask": jnp.ones((B, L), bool)}
-    return batch, build_dit(cfg, N, D, 5), lambda m, b, k, s, t, counts: dit_loss(
-        m, b, k, s, t, counts=counts, cfg=cfg.dit)
+    kind = priors.get(cfg)
+    return kind.synthetic_batch(cfg, B, vocab), kind.build(cfg, N, D, 5), \
+        lambda m, b, k, s, t, counts: kind.loss(m, b, k, s, t, counts=counts, cfg=cfg.dit)
 
 
 def measure(model: str, cfg: Config, mesh_cfg: MeshConfig, vocab: int,
@@ -71,10 +58,7 @@ def measure(model: str, cfg: Config, mesh_cfg: MeshConfig, vocab: int,
     batch = jax.device_put(batch, batch_sharding(mesh))
     tcfg = getattr(cfg, f"{model}_train")
     task = Task(model, tcfg, build, loss_fn, train_batches=None)
-    graphdef, params = build_model(task, mesh, 0, param_rules(cfg.mesh.rules))
-    tx = make_optimizer(tcfg)
-    state = replicate_unsharded(init_state(params, tx, 0, ema=tcfg.ema_decay > 0), mesh)
-    step = make_train_step(graphdef, loss_fn, tx, tcfg)
+    _, state, step = init_training(task, mesh, 0, param_rules(cfg.mesh.rules))
     with jax.set_mesh(mesh):
         for _ in range(3):
             state, m = step(state, batch)
@@ -83,7 +67,8 @@ def measure(model: str, cfg: Config, mesh_cfg: MeshConfig, vocab: int,
         for _ in range(steps):
             state, m = step(state, batch)
         jax.block_until_ready(m)
-    return (time.perf_counter() - t) / steps, sum(x.size for x in jax.tree.leaves(params))
+    return (time.perf_counter() - t) / steps, sum(x.size for x in jax.tree.leaves(
+        state.params))
 
 
 def main() -> None:
@@ -117,7 +102,10 @@ def main() -> None:
         shape = make_mesh(mesh_cfg).devices.shape
         for model in args.models.split(","):
             seconds, n_params = measure(model, cfg, mesh_cfg, args.vocab, args.steps)
-            achieved = train_flops(model, cfg, args.vocab, cfg.data.batch_size) / seconds
+            B = cfg.data.batch_size
+            flops = priors.get(cfg).train_flops(cfg, B) if model == "dit" else \
+                train_flops(model, cfg, args.vocab, B)
+            achieved = flops / seconds
             dtype = getattr(cfg, f"{model}_train").compute_dtype
             print(f"{model:>5} {str(tuple(shape)):>13} {dtype:>9} {n_params / 1e6:>7.2f}M "
                   f"{seconds * 1e3:>9.1f} {achieved / 1e12:>8.3f} "

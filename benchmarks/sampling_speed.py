@@ -66,9 +66,7 @@ def main() -> None:
 
 
 def prior_name(pipe) -> str:
-    if pipe.is_block_causal:
-        return f"G={pipe.cfg.dit.block_size}/W={pipe.cfg.dit.window * pipe.N}"
-    return "per-block DiT"
+    return pipe.sampler.describe()
 
 
 def time_ldlm(pipe, B: int, steps: int, tokens: int, sampler: str, repeats: int):

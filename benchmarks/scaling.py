@@ -158,6 +158,7 @@ def train(run: pathlib.Path, base: pathlib.Path, stages, sets, args) -> float:
 
 def compute(run: pathlib.Path, system: str, cfg, sets) -> dict:
     """Training FLOPs of the system at this budget, and epochs over the training blocks."""
+    from ldlm import priors
     from ldlm.flops import train_flops
 
     c = cfg.override(sets)
@@ -173,9 +174,10 @@ def compute(run: pathlib.Path, system: str, cfg, sets) -> dict:
         from ldlm.flops import forward_flops
         parts["latents"] = forward_flops("encoder", c, vocab, 1) * encoded
         parts["decoder"] = train_flops("decoder", c, vocab, B) * c.decoder_train.steps
-        parts["dit"] = train_flops("dit", c, vocab, B) * c.dit_train.steps
+        kind = priors.get(c)
+        parts["dit"] = kind.train_flops(c, B) * c.dit_train.steps
         epochs = {"vae": c.vae_train.steps * B / train_blocks,
-                  "dit": c.dit_train.steps * B * c.dit.window / train_blocks}
+                  "dit": c.dit_train.steps * B * kind.blocks_per_row(c) / train_blocks}
     else:
         parts["ar"] = train_flops("ar", c, vocab, B) * c.ar_train.steps
         epochs = {"ar": c.ar_train.steps * B / train_blocks}

@@ -20,8 +20,7 @@ import numpy as np
 from ldlm.config import load_experiment
 from ldlm.flops import forward_flops, matmul_flops_per_s
 from ldlm.mesh import make_mesh
-from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
-from ldlm.train.state import init_state, make_optimizer
+from ldlm.train.loop import Task, init_training
 from ldlm.models.vae import build_vae
 from ldlm.train.vae import vae_loss
 
@@ -46,10 +45,7 @@ def main() -> None:
                         total_steps=1000)
 
     task = Task("vae", cfg.vae_train, build_vae(cfg, args.vocab), loss_fn, train_batches=None)
-    graphdef, params = build_model(task, mesh, 0)
-    tx = make_optimizer(cfg.vae_train)
-    state = replicate_unsharded(init_state(params, tx, 0, ema=cfg.vae_train.ema_decay > 0), mesh)
-    step = make_train_step(graphdef, loss_fn, tx, cfg.vae_train)
+    _, state, step = init_training(task, mesh)
     for _ in range(3):  # compile and warm up
         state, m = step(state, batch)
     jax.block_until_ready(m)
@@ -63,7 +59,7 @@ def main() -> None:
     peak_after = matmul_flops_per_s()
     peak = (peak_before + peak_after) / 2
 
-    n_params = sum(x.size for x in jax.tree.leaves(params))
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
     model_flops = 3 * forward_flops("vae", cfg, args.vocab, B)  # forward + backward
     achieved = model_flops / seconds
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, mesh {dict(mesh.shape)}")

@@ -44,3 +44,7 @@ class CheckpointMismatch(LdlmError):
 
 class StageLocked(LdlmError):
     """Another live process is training the same stage of the same run."""
+
+
+class PipelineError(LdlmError):
+    """A sampling request that cannot be served (bad argument, missing capability)."""

@@ -1,4 +1,4 @@
-"""Analytic model FLOPs of the training steps, and reference FLOP/s to compare them with
+"""Analytic model FLOPs of the training steps (the prior's: its kind's, ldlm/priors/), and reference FLOP/s to compare them with
 (benchmarks/mfu.py, benchmarks/vae_throughput.py)."""
 
 from __future__ import annotations
@@ -43,23 +43,14 @@ def forward_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
     if model == "ar":
         a = cfg.ar
         return a.layers * block_flops(B * L, a.width, a.mlp_dim, L) + B * L * 2 * a.width * vocab
-    t = cfg.dit
-    N, D, W = cfg.vae.num_latents, cfg.vae.latent_dim, t.width
-    if t.window:  # block-causal: [clean | noisy] window, adaLN once per block's condition
-        Wn = t.window * N
-        T, conds = 2 * Wn, 1 + Wn // t.block_size
-        flops = t.layers * (block_flops(B * T, W, t.mlp_dim, T) + B * conds * 2 * W * 6 * W)
-        return flops + B * (T * 2 * 2 * D * W + conds * 2 * W * 2 * W + Wn * 2 * W * D)
-    T = N + 2 * (N // t.context_pool) if t.use_context else N
-    flops = t.layers * (block_flops(B * T, W, t.mlp_dim, T) + B * 2 * W * 6 * W)
-    return flops + B * (N * 2 * 2 * D * W + T * 2 * D * W + N * 2 * W * D)
+    raise ValueError(f"no FLOP count for {model!r}: the prior's is its kind's "
+                     "(ldlm.priors.get(cfg).forward_flops)")
 
 
 def train_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
-    fwd = forward_flops(model, cfg, vocab, B)
-    extra = cfg.dit.self_cond_prob if model == "dit" else 0.0
+    """Forward and backward (2x), and remat's recomputation."""
     remat = getattr(cfg, f"{model}_train").remat
-    return fwd * (3 + extra + (1 if remat else 0))
+    return forward_flops(model, cfg, vocab, B) * (3 + (1 if remat else 0))
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:

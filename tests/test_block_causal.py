@@ -1,6 +1,7 @@
 """The block-causal prior: causality, one-pass training against a loop over blocks, KV-cached
 sampling against recomputing the window, and the pipeline's requests."""
 
+import functools
 import json
 
 import jax
@@ -9,20 +10,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ldlm import priors
 from ldlm.config import DiTConfig, MeshConfig
 from ldlm.diffusion import samplers
+from ldlm.diffusion.spec import SamplingSpec
 from ldlm.errors import ConfigError
-from ldlm.inference import block_sampling
 from ldlm.inference.generation import LatentDiffusionPipeline, PipelineError
 from ldlm.inference.textvae import TextVAE
 from ldlm.mesh import PARAM_RULES, make_mesh
-from ldlm.models.block_causal import BlockCausalDiT
-from ldlm.train.block_causal import block_causal_loss, window_times
+from ldlm.priors.block_causal import sampler as bc_sampler
+from ldlm.priors.block_causal.model import BlockCausalDiT
+from ldlm.priors.block_causal.objective import block_causal_loss, window_times
 from tests.helpers import randomize
 
 N, D, CLASSES = 8, 8, 3
 N_TINY = 8  # latents per block of the tiny preset's VAE
-CFG = DiTConfig(width=64, heads=2, mlp_dim=128, layers=2, window=2, block_size=4)
+CFG = DiTConfig(kind="block_causal", width=64, heads=2, mlp_dim=128, layers=2, window=2,
+                block_size=4)
 W, G = CFG.window * N, CFG.block_size  # 16 latents in 4 diffusion blocks
 
 
@@ -36,7 +40,7 @@ def _model(cfg=CFG, n=N, d=D, classes=CLASSES):
 def _window(B=3, seed=0):
     k = jax.random.split(jax.random.PRNGKey(seed), 4)
     x0, z = jax.random.normal(k[0], (B, W, D)), jax.random.normal(k[1], (B, W, D))
-    t = window_times(k[2], B, W, G, "uniform")
+    t = window_times(k[2], B, W, G, CFG, train=False)  # uniform times
     return x0, z, t, jnp.arange(B, dtype=jnp.int32) % (CLASSES + 1)
 
 
@@ -60,7 +64,7 @@ class LoopOverBlocks:
     clean history committed through the KV cache, then the noisy block alone against it."""
 
     def __init__(self, model: BlockCausalDiT):
-        self.model, self.null_label = model, model.null_label
+        self.model, self.null_label, self.G = model, model.null_label, model.G
 
     def __call__(self, x0, z, t, *, self_cond_BxWxD=None, label_B=None, latent_mask_BxW=None):
         m = self.model
@@ -101,15 +105,16 @@ def test_kv_cached_sampling_equals_recomputing_the_window_at_every_step(sampler,
     B, steps, guidance = 2, 4, 2.0
     labels = jnp.array([0, 1], jnp.int32)
     null = jnp.full_like(labels, model.null_label)
-    cached = jax.jit(block_sampling.block_denoiser(graphdef, CFG, sampler, "uniform", guided))
+    spec = SamplingSpec(steps=steps, sampler=sampler, guidance=guidance)
+    cached = jax.jit(functools.partial(bc_sampler.denoise_block, graphdef=graphdef, dcfg=CFG,
+                                       guided=guided))
     cache = model.empty_cache(2 * B if guided else B)
     history = jnp.zeros((B, W, D))
     for b, start in enumerate(range(0, W, G)):
         block = slice(start, start + G)
         key = jax.random.PRNGKey(b)
         z_T = jax.random.normal(jax.random.fold_in(key, 7), (B, G, D))
-        z, cache = cached(params, cache, jnp.int32(start), z_T, key, labels,
-                          jnp.float32(guidance), jnp.int32(steps), jnp.float32(0.0),
+        z, cache = cached(params, cache, jnp.int32(start), z_T, key, labels, spec.traced(),
                           jnp.float32(1.0))
 
         def whole_window(zb, tb, sc, label):
@@ -124,25 +129,28 @@ def test_kv_cached_sampling_equals_recomputing_the_window_at_every_step(sampler,
                 return cond
             return samplers.guide(cond, whole_window(zb, tb, sc, null), guidance)
 
-        ref = samplers.sample(net, z_T, steps, key, sampler=sampler, schedule=CFG.schedule,
+        ref = samplers.sample(net, z_T, key, spec, schedule=CFG.schedule,
                               prediction=CFG.prediction)
         np.testing.assert_allclose(np.asarray(z), np.asarray(ref), atol=2e-5)
         history = history.at[:, block].set(ref)
 
 
 def test_block_size_must_divide_the_window(tiny_cfg):
+    bc = ["dit.kind=block_causal", "dit.window=2"]
     with pytest.raises(ConfigError, match="dit.block_size=3 must divide the window of 16 "
                                           "latents"):
-        tiny_cfg.override(["dit.window=2", "dit.block_size=3"])
+        priors.check(tiny_cfg.override(bc + ["dit.block_size=3"]))
     with pytest.raises(ConfigError, match="must divide the window"):
-        tiny_cfg.override(["dit.window=2"])  # no block size
+        priors.check(tiny_cfg.override(bc))  # no block size
+    with pytest.raises(ConfigError, match="read by dit.kind=block_causal only"):
+        priors.check(tiny_cfg.override(["dit.window=2", "dit.block_size=4"]))  # per_block
 
 
 @pytest.fixture(scope="module")
 def window_pipe(trained_tiny):
     cfg, run_dir, _ = trained_tiny
     vae = TextVAE.from_run(run_dir)
-    cfg = cfg.override(["dit.window=2", "dit.block_size=4"])
+    cfg = cfg.override(["dit.kind=block_causal", "dit.window=2", "dit.block_size=4"])
     model = _model(cfg.dit, vae.model.cfg.num_latents, vae.model.cfg.latent_dim, 5)
     return LatentDiffusionPipeline(cfg, model, vae, ["a", "b", "c", "d", "e"])
 
@@ -200,8 +208,9 @@ def test_a_tiny_prior_trained_on_a_few_documents_continues_their_text(tiny_run, 
     from tests.helpers import fit
 
     run_dir, stats = tiny_run
-    cfg = tiny_cfg.override(["vae.latent_noise_max=0.2", "dit.window=2", "dit.block_size=4",
-                             "dit.self_cond_prob=0", "dit.label_dropout=0"])
+    cfg = tiny_cfg.override(["vae.latent_noise_max=0.2", "dit.kind=block_causal",
+                             "dit.window=2", "dit.block_size=4", "dit.self_cond_prob=0",
+                             "dit.label_dropout=0"])
     ds = pipeline.make_dataset(pipeline.block_source(run_dir, "train"), batch_size=12,
                                train=False, process_index=0, process_count=1)
     blocks = {k: np.asarray(v) for k, v in next(iter(ds)).items()}  # block order
@@ -275,7 +284,8 @@ def test_the_dit_stage_trains_resumes_and_serves_a_block_causal_prior(tiny_dit, 
 
     cfg, src, _ = tiny_dit
     run_dir = link_stages(src, tmp_path / "bc", ("data", "tokenizer", "vae", "latents"))
-    cfg = cfg.override(["dit.window=2", "dit.block_size=4", "dit_train.steps=4",
+    cfg = cfg.override(["dit.kind=block_causal", "dit.window=2", "dit.block_size=4",
+                        "dit_train.steps=4",
                         "dit_train.checkpoint_every=2", "dit.sample_steps=2"])
     run_dit(cfg, run_dir)
     more = cfg.override(["dit_train.steps=6"])
@@ -283,7 +293,7 @@ def test_the_dit_stage_trains_resumes_and_serves_a_block_causal_prior(tiny_dit, 
     log = (run_dir / "dit" / "metrics.jsonl").read_text()
     assert '"step": 6' in log or '"step":6' in log
     pipe = LatentDiffusionPipeline.from_pretrained(run_dir)
-    assert pipe.is_block_causal and pipe.has_context
+    assert pipe.kind == "block_causal" and pipe.has_context
     assert len(pipe.generate(n=2, steps=2, prompt="Shares rose.", max_tokens=40)) == 2
     with pytest.raises(ConfigError, match="dit.block_size"):  # another architecture
         run_dit(more.override(["dit.block_size=8", "dit_train.steps=8"]), run_dir)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from ldlm.diffusion import samplers, schedules
+from ldlm.diffusion.spec import SamplingSpec
+from ldlm.errors import PipelineError
 from tests.helpers import compiles
 
 T = jnp.linspace(0.0, 1.0, 101)
@@ -59,6 +61,13 @@ def test_time_sampling_ranges():
         schedules.sample_t(jax.random.PRNGKey(1), (3,), "beta")
 
 
+def _sample(net, z_T, steps, key, sampler="ddim", eta=0.0, grid="uniform", temperature=1.0,
+            **kw):
+    spec = SamplingSpec(steps=steps, sampler=sampler, eta=eta, grid=grid,
+                        temperature=temperature)
+    return samplers.sample(net, z_T, key, spec, **kw)
+
+
 def _gaussian_denoiser(mu, var, prediction="v"):
     """The exact denoiser for data ~ N(mu, var) per coordinate (no self-conditioning use)."""
     def net(z, t, sc):
@@ -73,7 +82,7 @@ def _gaussian_denoiser(mu, var, prediction="v"):
 def _moment_error(sampler, steps, mu=1.5, var=0.25, seed=0, **kw):
     net = _gaussian_denoiser(mu, var)
     z_T = jax.random.normal(jax.random.PRNGKey(seed), (4000, 4, 8))
-    z = samplers.sample(net, z_T, steps, jax.random.PRNGKey(seed + 1), sampler=sampler, **kw)
+    z = _sample(net, z_T, steps, jax.random.PRNGKey(seed + 1), sampler=sampler, **kw)
     return abs(float(z.mean()) - mu) + abs(float(z.var()) - var)
 
 
@@ -91,8 +100,7 @@ def test_temperature_scales_the_spread_of_gaussian_data_exactly(sampler, kw):
     mu, var, tau = 1.5, 0.25, 0.5
     net = _gaussian_denoiser(mu, var)
     z_T = tau * jax.random.normal(jax.random.PRNGKey(0), (4000, 4, 8))
-    z = samplers.sample(net, z_T, 100, jax.random.PRNGKey(1), sampler=sampler,
-                        temperature=tau, **kw)
+    z = _sample(net, z_T, 100, jax.random.PRNGKey(1), sampler=sampler, temperature=tau, **kw)
     assert abs(float(z.mean()) - mu) < 0.01
     assert abs(float(z.var()) - tau ** 2 * var) < 0.005
 
@@ -114,8 +122,8 @@ def test_every_sampler_is_deterministic_for_a_seed(sampler, kw):
     z_T = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 8))
 
     def run(seed):
-        return np.asarray(samplers.sample(net, z_T, 10, jax.random.PRNGKey(seed),
-                                          sampler=sampler, **kw))
+        return np.asarray(_sample(net, z_T, 10, jax.random.PRNGKey(seed), sampler=sampler,
+                                  **kw))
 
     assert np.array_equal(run(3), run(3))
     if sampler != "dpm++":  # stochastic samplers depend on the seed beyond z_T
@@ -124,14 +132,16 @@ def test_every_sampler_is_deterministic_for_a_seed(sampler, kw):
 
 def test_one_compile_serves_every_step_budget():
     net = _gaussian_denoiser(0.0, 1.0)
-    fn = jax.jit(lambda z, steps: samplers.sample(net, z, steps, jax.random.PRNGKey(0),
-                                                  sampler="dpm++"))
+    fn = jax.jit(lambda z, spec: samplers.sample(net, z, jax.random.PRNGKey(0), spec))
     z_T = jnp.ones((2, 4, 8))
-    assert np.isfinite(np.asarray(fn(z_T, 1))).all()
+    assert np.isfinite(np.asarray(fn(z_T, SamplingSpec(steps=1)))).all()
     before = compiles()
-    for steps in (4, 16, 1000):
-        assert np.isfinite(np.asarray(fn(z_T, steps))).all()
+    for steps, eta, temperature in ((4, 0.0, 1.0), (16, 0.5, 0.7), (1000, 1.0, 1.3)):
+        spec = SamplingSpec(steps=steps, eta=eta, temperature=temperature)
+        assert np.isfinite(np.asarray(fn(z_T, spec))).all()
     assert compiles() == before
+    fn(z_T, SamplingSpec(steps=4, sampler="ddim"))  # another sampler: another trace
+    assert compiles() == before + 1
 
 
 def test_one_step_returns_the_first_clean_estimate():
@@ -139,18 +149,17 @@ def test_one_step_returns_the_first_clean_estimate():
     net = _gaussian_denoiser(mu, var)
     z_T = jax.random.normal(jax.random.PRNGKey(0), (16, 4, 8))
     for sampler in samplers.SAMPLERS:
-        z = samplers.sample(net, z_T, 1, jax.random.PRNGKey(1), sampler=sampler)
+        z = _sample(net, z_T, 1, jax.random.PRNGKey(1), sampler=sampler)
         np.testing.assert_allclose(z, mu, atol=1e-3)  # at t = 1 the best guess is the mean
 
 
 def test_trajectory_holds_each_steps_estimate():
     net = _gaussian_denoiser(1.0, 0.5)
     z_T = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 8))
-    z, est = samplers.sample(net, z_T, 12, jax.random.PRNGKey(1), sampler="ddim",
-                             trajectory=True)
+    z, est = samplers.sample(net, z_T, jax.random.PRNGKey(1), SamplingSpec(sampler="ddim"),
+                             trajectory_steps=12)
     assert est.shape == (12, 4, 4, 8)
-    np.testing.assert_allclose(z, samplers.sample(net, z_T, 12, jax.random.PRNGKey(1)),
-                               atol=1e-5)
+    np.testing.assert_allclose(z, _sample(net, z_T, 12, jax.random.PRNGKey(1)), atol=1e-5)
     np.testing.assert_allclose(est[-1], z, atol=1e-3)
 
 
@@ -161,8 +170,7 @@ def test_partial_denoising_from_t_start_stays_near_the_start():
 
     def rms_change(t_start):
         a, s = schedules.alpha_sigma(schedules.logsnr(t_start))
-        out = samplers.sample(net, a * x0 + s * eps, 5, jax.random.PRNGKey(2),
-                              t_start=t_start)
+        out = _sample(net, a * x0 + s * eps, 5, jax.random.PRNGKey(2), t_start=t_start)
         return float(jnp.sqrt(jnp.mean((out - x0) ** 2)))
 
     assert rms_change(0.02) < 0.06  # sigma(0.02) = 0.03 of noise, nothing more
@@ -176,11 +184,20 @@ def test_guidance_scales_zero_and_one_are_the_unconditional_and_conditional_outp
     np.testing.assert_allclose(samplers.guide(cond, uncond, 2.0), [3.0, 3.5])
 
 
-@pytest.mark.parametrize("args,match", [(("euler", 4), "unknown sampler"),
-                                        (("ddim", 0), "steps must be"),
-                                        (("ddim", 1001), "steps must be"),
-                                        (("ddim", 2.5), "steps must be"),
-                                        (("ddim", 4, "cosine"), "unknown time grid")])
-def test_bad_sampler_arguments_are_named(args, match):
-    with pytest.raises(ValueError, match=match):
-        samplers.check_sampler_args(*args)
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sampler": "euler"}, "unknown sampler 'euler'"), ({"steps": 0}, "steps must be"),
+    ({"steps": 1001}, "steps must be"), ({"steps": 2.5}, "steps must be"),
+    ({"grid": "cosine"}, "unknown time grid"), ({"temperature": 0}, "temperature must"),
+    ({"eta": -1.0}, "eta must"), ({"seed": "1"}, "seed must"),
+    ({"guidance": "2"}, "guidance must")])
+def test_bad_sampling_settings_are_named_where_the_spec_is_made(kwargs, match):
+    with pytest.raises(PipelineError, match=match):
+        SamplingSpec(**kwargs)
+
+
+def test_a_spec_in_a_trace_keeps_its_sampler_static_and_numbers_traced():
+    spec = SamplingSpec(steps=8, sampler="ddpm", label=["a", "b"], seed=3)
+    leaves, treedef = jax.tree.flatten(spec.traced())
+    assert leaves == [8, 0.0, 1.0, 1.0]  # steps, eta, temperature, guidance
+    assert jax.tree.unflatten(treedef, leaves) == spec.replace(label=None, seed=0)
+    assert spec.label == ("a", "b")  # hashable

@@ -16,11 +16,14 @@ from ldlm.config import DiTConfig, MeshConfig
 from ldlm.data import latents as latents_lib
 from ldlm.errors import ConfigError, MissingStageError
 from ldlm.mesh import PARAM_RULES, make_mesh
-from ldlm.models.dit import DiT, timestep_embedding
+from ldlm.models.dit_trunk import timestep_embedding
 from ldlm.inference.textvae import TextVAE
-from ldlm.train.dit import (decoder_token_scores, dit_loss, frozen_decoder,
-                            train_dit)
+from ldlm.priors.decoder_scores import decoder_token_scores
+from ldlm.priors.per_block.model import DiT
+from ldlm.priors.per_block.objective import dit_loss
+from ldlm.train.dit import frozen_decoder, train_dit
 from ldlm.diffusion import samplers
+from ldlm.diffusion.spec import SamplingSpec
 from ldlm.train.loop import batch_counts, replicate_unsharded
 from ldlm.train.state import init_state, make_optimizer
 from tests.helpers import assert_trees_close, fit, randomize
@@ -103,9 +106,10 @@ def test_tiny_dit_overfits_a_fixed_set_of_latents():
     trained = fit(_dit(cfg, classes=1), lambda m, rng, i: dit_loss(
         m, batch, rng, i, True, counts=batch_counts(batch), cfg=cfg), 1500, 2e-3)
     z_T = jax.random.normal(jax.random.PRNGKey(0), (16, 4, 8))
-    samples = samplers.ddim(lambda z, t, sc: trained(z, t, self_cond_BxNxD=sc), z_T, 50,
-                            jax.random.PRNGKey(1), schedule=cfg.schedule,
-                            snr_scale=cfg.snr_scale, prediction=cfg.prediction)
+    samples = samplers.sample(lambda z, t, sc: trained(z, t, self_cond_BxNxD=sc), z_T,
+                              jax.random.PRNGKey(1), SamplingSpec(steps=50, sampler="ddim"),
+                              schedule=cfg.schedule, snr_scale=cfg.snr_scale,
+                              prediction=cfg.prediction)
     rms = lambda x: np.sqrt(np.mean(np.asarray(x) ** 2, axis=(-2, -1)))
     nearest = rms(samples[:, None] - data[None]).min(axis=1)  # RMS distance per coordinate
     random_distance = rms(data[:, None] - data[None])[np.triu_indices(4, 1)].min()

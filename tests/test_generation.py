@@ -138,7 +138,7 @@ def _untrained_dit(pipe, use_context):
 
     from ldlm.config import MeshConfig
     from ldlm.mesh import PARAM_RULES, make_mesh
-    from ldlm.models.dit import build_dit
+    from ldlm.priors.per_block import build_dit
 
     cfg = pipe.cfg.override([f"dit.use_context={str(use_context).lower()}"])
     with jax.set_mesh(make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])), \

@@ -14,15 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ldlm import priors
 from ldlm.config import MeshConfig, load_experiment
 from ldlm.mesh import make_mesh
 from ldlm.models.ar import build_ar
-from ldlm.models.dit import build_dit
 from ldlm.models.vae import build_vae
 from ldlm.train.ar import ar_loss
-from ldlm.train.dit import dit_loss
-from ldlm.train.loop import Task, build_model, make_train_step, replicate_unsharded
-from ldlm.train.state import init_state, make_optimizer
+from ldlm.train.loop import Task, init_training
 from ldlm.train.vae import vae_loss
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "losses.json"
@@ -41,12 +39,20 @@ def _setup(name: str):
             lambda *a, counts: vae_loss(*a, counts=counts, cfg=cfg.vae, total_steps=60)
     if name == "ar":
         return cfg.ar_train, build_ar(cfg, VOCAB), {"tokens": tokens, "mask": mask}, ar_loss
-    z = lambda: jnp.asarray(rng.standard_normal((B, N, D)), jnp.float32)  # noqa: E731
-    batch = {"z": z(), "prev": z(), "next": z(), "has_prev": jnp.asarray(lengths > 5),
-             "has_next": jnp.asarray(lengths > 10), "label": jnp.arange(B) % 6 - 1,
-             "tokens": tokens, "mask": mask}
-    return cfg.dit_train, build_dit(cfg, N, D, 5), batch, \
-        lambda *a, counts: dit_loss(*a, counts=counts, cfg=cfg.dit)
+    z = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)  # noqa: E731
+    if name == "dit":  # the per-block DiT
+        batch = {"z": z(B, N, D), "prev": z(B, N, D), "next": z(B, N, D),
+                 "has_prev": jnp.asarray(lengths > 5), "has_next": jnp.asarray(lengths > 10),
+                 "label": jnp.arange(B) % 6 - 1, "tokens": tokens, "mask": mask}
+    else:  # the block-causal DiT over windows of 2 VAE blocks, diffusion blocks of 4
+        cfg = cfg.override(["dit.kind=block_causal", "dit.window=2", "dit.block_size=4"])
+        latent_mask = jnp.asarray(np.arange(2 * N)[None, :] < (lengths[:, None] + 2))
+        batch = {"z": z(B, 2 * N, D) * latent_mask[..., None], "latent_mask": latent_mask,
+                 "label": jnp.arange(B) % 6 - 1,
+                 "mask": jnp.ones((B, 2, 1), bool).at[:, 1].set(lengths[:, None] > 6)}
+    kind = priors.get(cfg)
+    return cfg.dit_train, kind.build(cfg, N, D, 5), batch, \
+        lambda *a, counts: kind.loss(*a, counts=counts, cfg=cfg.dit)
 
 
 def losses(name: str) -> list[float]:
@@ -56,10 +62,7 @@ def losses(name: str) -> list[float]:
     mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     task = Task(stage=name, train_cfg=train_cfg, build_model=build, loss_fn=loss_fn,
                 train_batches=None)
-    graphdef, params = build_model(task, mesh, 0)
-    tx = make_optimizer(train_cfg)
-    state = replicate_unsharded(init_state(params, tx, 0, ema=train_cfg.ema_decay > 0), mesh)
-    step = make_train_step(graphdef, loss_fn, tx, train_cfg)
+    _, state, step = init_training(task, mesh)
     out = []
     with jax.set_mesh(mesh):
         for _ in range(3):
@@ -68,7 +71,10 @@ def losses(name: str) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize("name", ["vae", "dit", "ar"])
+NAMES = ("vae", "dit", "block_causal", "ar")
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_losses_of_one_step_match_the_golden_values(name):
     golden = json.loads(GOLDEN.read_text())[name]
     np.testing.assert_allclose(losses(name), golden, rtol=2e-5)
@@ -77,5 +83,5 @@ def test_losses_of_one_step_match_the_golden_values(name):
 if __name__ == "__main__":
     import os
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    GOLDEN.write_text(json.dumps({n: losses(n) for n in ("vae", "dit", "ar")}, indent=2) + "\n")
+    GOLDEN.write_text(json.dumps({n: losses(n) for n in NAMES}, indent=2) + "\n")
     print(GOLDEN.read_text())

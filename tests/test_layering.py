@@ -13,6 +13,7 @@ LAYERS = {
     "ldlm.data": "data",
     "ldlm.models": "models",
     "ldlm.diffusion": "diffusion",
+    "ldlm.priors": "priors",
     "ldlm.inference": "inference",
     "ldlm.train": "train",
     "ldlm.eval": "eval",
@@ -24,11 +25,14 @@ BELOW = {
     "data": {"core"},
     "models": {"core", "data"},
     "diffusion": {"core", "data", "models"},
-    "inference": {"core", "data", "models", "diffusion"},
-    "train": {"core", "data", "models", "diffusion"},  # never inference
-    "eval": {"core", "data", "models", "diffusion", "inference"},  # never train
-    "stages": {"core", "data", "models", "diffusion", "inference", "train", "eval"},
-    "cli": {"core", "data", "models", "diffusion", "inference", "train", "eval", "stages"},
+    # each kind of prior: its network, training objective and latents-level sampler
+    "priors": {"core", "data", "models", "diffusion"},
+    "inference": {"core", "data", "models", "diffusion", "priors"},
+    "train": {"core", "data", "models", "diffusion", "priors"},  # never inference
+    "eval": {"core", "data", "models", "diffusion", "priors", "inference"},  # never train
+    "stages": {"core", "data", "models", "diffusion", "priors", "inference", "train", "eval"},
+    "cli": {"core", "data", "models", "diffusion", "priors", "inference", "train", "eval",
+            "stages"},
     "api": {"inference"},  # ldlm/__init__.py: the public names
 }
 # Imports inside a function are allowed only to keep a heavy, optional dependency out of

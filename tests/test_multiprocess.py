@@ -74,7 +74,8 @@ def test_two_processes_train_the_block_causal_prior_as_one_process(tiny_dit, tmp
     stages = ("data", "tokenizer", "vae", "latents")
     multi = link_stages(src, tmp_path / "multi", stages)
     single = link_stages(src, tmp_path / "single", stages)
-    args = ["--preset", "tiny", "--set", "dit.window=2", "--set", "dit.block_size=4",
+    args = ["--preset", "tiny", "--set", "dit.kind=block_causal", "--set", "dit.window=2",
+            "--set", "dit.block_size=4",
             "--set", "dit_train.steps=3", "--set", "dit.sample_steps=2"]
     status = launch(["dit", "--run-dir", str(multi), *args], 2, 2, tmp_path / "logs",
                     timeout=300)
@@ -87,7 +88,7 @@ def test_two_processes_train_the_block_causal_prior_as_one_process(tiny_dit, tmp
 
     def params(run_dir):
         pipe = LatentDiffusionPipeline.from_pretrained(run_dir, ema=False)
-        assert pipe.is_block_causal
+        assert pipe.kind == "block_causal"
         return jax.device_get(pipe._params)
 
     assert_trees_close(params(multi), params(single), rtol=1e-4, atol=1e-5)

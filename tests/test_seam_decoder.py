@@ -122,7 +122,8 @@ def test_make_decoder_trains_resumes_and_is_used(tiny_dit, tmp_path):
     assert pipe.decode(z) == texts  # generate decodes in order, as decode does
     # the block-causal prior reads its blocks through the seam decoder too, a prompt's
     # last block first
-    window_cfg = cfg.override(["dit.window=2", "dit.block_size=4"])
+    window_cfg = cfg.override(["dit.kind=block_causal", "dit.window=2",
+                               "dit.block_size=4"])
     window = LatentDiffusionPipeline(window_cfg, block_causal_model(window_cfg.dit, pipe.N,
                                                                     pipe.D, 5),
                                      vae, pipe.label_names)

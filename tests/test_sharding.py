@@ -16,8 +16,8 @@ from ldlm.config import MeshConfig, load_experiment
 from ldlm.mesh import RULE_SETS, batch_sharding, make_mesh
 from ldlm.models.ar import build_ar
 from ldlm.train.ar import ar_loss
-from ldlm.models.block_causal import build_block_causal
-from ldlm.models.dit import build_dit
+from ldlm.priors.block_causal import build_block_causal
+from ldlm.priors.per_block import build_dit
 from ldlm.train.loop import (Task, _accumulated_grads, batch_counts, build_model,
                              make_train_step, replicate_unsharded)
 from ldlm.train.state import init_state, make_optimizer
@@ -39,8 +39,8 @@ def _builders(cfg):
                                                          cfg.vae.latent_dim, 5),
             "ar": build_ar(cfg, VOCAB),
             "block_causal": build_block_causal(
-                cfg.override(["dit.window=2", "dit.block_size=4"]), cfg.vae.num_latents,
-                cfg.vae.latent_dim, 5),
+                cfg.override(["dit.kind=block_causal", "dit.window=2", "dit.block_size=4"]),
+                cfg.vae.num_latents, cfg.vae.latent_dim, 5),
             "seam_decoder": build_seam_decoder(cfg, VOCAB)}
 
 

@@ -50,7 +50,7 @@ def test_an_empty_window_is_an_error(tiny_dit):
 
 
 def test_the_two_stream_mask_is_block_causal():
-    from ldlm.models.block_causal import two_stream_mask
+    from ldlm.priors.block_causal.model import two_stream_mask
     W, G = 8, 2
     mask = two_stream_mask(W, G)
     for q in range(2 * W):

@@ -215,8 +215,8 @@ def _batches(cfg: Config, source, mesh, train: bool, batch_size: int | None):
 
 
 def window_batches(cfg: Config, run_dir, mesh, role: str = "train", train: bool = True,
-                   batch_size: int | None = None, blocks: int | None = None):
+                   batch_size: int | None = None, *, blocks: int):
     """Global, mesh-sharded batches of `LatentWindowSource` items of `blocks` VAE blocks
-    (default `dit.window`; resumable when train)."""
-    source = LatentWindowSource(run_dir, role, blocks or cfg.dit.window)
+    (resumable when train)."""
+    source = LatentWindowSource(run_dir, role, blocks)
     return _batches(cfg, source, mesh, train, batch_size)

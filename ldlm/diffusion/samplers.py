@@ -29,24 +29,10 @@ import jax
 import jax.numpy as jnp
 
 from ldlm.diffusion import schedules
+from ldlm.diffusion.spec import GRIDS, MAX_STEPS, MIN_STEPS, SAMPLERS, SamplingSpec
 
 Net = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-SAMPLERS = ("ddpm", "ddim", "dpm++")
-GRIDS = ("uniform", "quadratic")
-MIN_STEPS, MAX_STEPS = 1, 1000
-
-
-def check_sampler_args(sampler: str, steps: int, grid: str = "uniform") -> None:
-    """ValueError naming the problem for an unknown sampler / grid or a step count outside
-    [1, 1000] (checked before anything is traced)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if grid not in GRIDS:
-        raise ValueError(f"unknown time grid {grid!r}; choose one of {', '.join(GRIDS)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not (
-            MIN_STEPS <= steps <= MAX_STEPS):
-        raise ValueError(f"steps must be an integer from {MIN_STEPS} to {MAX_STEPS}, got "
-                         f"{steps!r}")
+__all__ = ["GRIDS", "MAX_STEPS", "MIN_STEPS", "SAMPLERS", "SamplingSpec", "sample", "guide"]
 
 
 def time_at(i, steps, grid: str = "uniform", t_start=1.0):
@@ -103,28 +89,23 @@ def _step_fn(net: Net, sampler: str, steps, *, schedule, snr_scale, prediction, 
     return step
 
 
-def sample(net: Net, z_BxNxD, steps, rng, *, sampler: str = "ddim", schedule: str = "cosine",
-           snr_scale: float = 1.0, prediction: str = "v", eta: float = 0.0,
-           grid: str = "uniform", t_start=1.0, trajectory: bool = False, temperature=1.0):
-    """Denoises z (noise at t_start) in `steps` steps; returns z_0 BxNxD, or with
-    `trajectory` (steps must then be a Python int) the clean-latent estimate of every step,
-    steps x B x N x D, whose last entry is followed by z_0: (z_0, estimates)."""
-    step = _step_fn(net, sampler, steps, schedule=schedule, snr_scale=snr_scale,
-                    prediction=prediction, eta=eta, grid=grid, t_start=t_start,
-                    temperature=temperature)
+def sample(net: Net, z_BxNxD, rng, spec: SamplingSpec, *, schedule: str = "cosine",
+           snr_scale: float = 1.0, prediction: str = "v", t_start=1.0,
+           trajectory_steps: int | None = None):
+    """Denoises z (noise at t_start) with `spec`'s sampler, grid, steps, eta and temperature;
+    returns z_0 BxNxD, or with `trajectory_steps` (a Python int: the scan's length, which
+    replaces spec.steps) the clean-latent estimate of every step, steps x B x N x D, whose
+    last entry is followed by z_0: (z_0, estimates)."""
+    steps = trajectory_steps or spec.steps
+    step = _step_fn(net, spec.sampler, steps, schedule=schedule, snr_scale=snr_scale,
+                    prediction=prediction, eta=spec.eta, grid=spec.grid, t_start=t_start,
+                    temperature=spec.temperature)
     init = (z_BxNxD, jnp.zeros_like(z_BxNxD), jnp.float32(1.0), rng)
-    if trajectory:
+    if trajectory_steps:
         (z, _, _, _), estimates = jax.lax.scan(step, init, jnp.arange(steps))
         return z, estimates
     z, _, _, _ = jax.lax.fori_loop(0, steps, lambda i, c: step(c, i)[0], init)
     return z
-
-
-def ddim(net: Net, z_T, steps, rng, *, schedule: str = "cosine", snr_scale: float = 1.0,
-         prediction: str = "v", eta: float = 0.0, grid: str = "uniform"):
-    """DDIM from pure noise; returns z_0 BxNxD."""
-    return sample(net, z_T, steps, rng, sampler="ddim", schedule=schedule,
-                  snr_scale=snr_scale, prediction=prediction, eta=eta, grid=grid)
 
 
 def guide(cond, uncond, scale):

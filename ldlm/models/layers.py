@@ -61,22 +61,15 @@ def rms_normalize(x, eps: float = 1e-6):
             ).astype(x.dtype)
 
 
-class Dense(nnx.Module):
-    """y = x @ W (+ b), W of shape (in, out) with logical names."""
-
-    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, names=("embed", "mlp"),
-                 use_bias: bool = False, init=None, dtype: Dtype = jnp.float32):
-        init = init or nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        self.kernel = param(rngs, init, (d_in, d_out), names)
-        self.bias = param(rngs, nnx.initializers.zeros_init(), (d_out,), names[-1:]) \
-            if use_bias else None
-        self.dtype = dtype
-
-    def __call__(self, x):
-        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
-        if self.bias is not None:
-            y = y + lead(self.bias[...].astype(self.dtype), y.ndim)
-        return y
+def dense(d_in: int, d_out: int, *, rngs: nnx.Rngs, names=("embed", "mlp"),
+          use_bias: bool = False, init=None, dtype: Dtype = jnp.float32) -> nnx.Linear:
+    """nnx.Linear (kernel (in, out), float32 parameters, computed in `dtype`) whose kernel
+    and bias carry logical axis names."""
+    init = init or nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                      kernel_init=nnx.with_partitioning(init, names),
+                      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(),
+                                                      names[-1:]), rngs=rngs)
 
 
 def rope(x_BxTxHxK, positions_T, base: float = 10_000.0):
@@ -157,26 +150,13 @@ class Attention(nnx.Module):
                                 mask_BxTxT], axis=-1)
         return self._attend(q, keys, values, mask), k, v
 
-    def decode_step(self, x_Bx1xD, cache: dict, pos):
-        """One new position `pos` (traced int) attending to the cached keys / values of
-        positions <= pos; returns (output Bx1xD, cache with this position written).
-        cache: {"k", "v"}, each BxSxHxK for the S positions of the whole sequence."""
-        q, k, v = self._qkv(x_Bx1xD, jnp.reshape(pos, (1,)))
-        cache = {"k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(
-                     cache["k"].dtype), pos, axis=1),
-                 "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(
-                     cache["v"].dtype), pos, axis=1)}
-        B, S = cache["k"].shape[:2]
-        visible_Bx1xS = jnp.broadcast_to(jnp.arange(S)[None, None, :] <= pos, (B, 1, S))
-        return self._attend(q, cache["k"], cache["v"], visible_Bx1xS), cache
-
 
 class SwiGLU(nnx.Module):
     def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
                  out_init=None):
-        self.gate = Dense(width, hidden, rngs=rngs, names=("embed", "mlp"), dtype=dtype)
-        self.up = Dense(width, hidden, rngs=rngs, names=("embed", "mlp"), dtype=dtype)
-        self.down = Dense(hidden, width, rngs=rngs, names=("mlp", "embed"), dtype=dtype,
+        self.gate = dense(width, hidden, rngs=rngs, names=("embed", "mlp"), dtype=dtype)
+        self.up = dense(width, hidden, rngs=rngs, names=("embed", "mlp"), dtype=dtype)
+        self.down = dense(hidden, width, rngs=rngs, names=("mlp", "embed"), dtype=dtype,
                           init=out_init)
 
     def __call__(self, x):
@@ -208,10 +188,17 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x)).astype(x.dtype), k, v
 
     def decode_step(self, x_Bx1xD, cache: dict, pos):
-        """The block at one new position with a KV cache (see Attention.decode_step)."""
-        h, cache = self.attn.decode_step(self.attn_norm(x_Bx1xD), cache, pos)
-        x = x_Bx1xD + h.astype(x_Bx1xD.dtype)
-        return x + self.mlp(self.mlp_norm(x)).astype(x.dtype), cache
+        """The block at one new position `pos` (traced int) attending to the cached keys /
+        values of the positions before it (`with_prefix`, the one cache convention);
+        returns (output Bx1xD, cache with this position written). cache: {"k", "v"}, each
+        BxSxHxK for the S positions of the whole sequence."""
+        B, S = cache["k"].shape[:2]
+        before_BxS = jnp.broadcast_to(jnp.arange(S)[None, :] < pos, (B, S))
+        x, k, v = self.with_prefix(x_Bx1xD, jnp.reshape(pos, (1,)), cache["k"], cache["v"],
+                                   before_BxS, jnp.ones((B, 1, 1), bool))
+        write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+            c, new.astype(c.dtype), pos, axis=1)
+        return x, {"k": write(cache["k"], k), "v": write(cache["v"], v)}
 
 
 def call_block(block, remat: bool, *args):

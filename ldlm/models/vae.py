@@ -39,10 +39,10 @@ class TextVAEModel(nnx.Module):
         self.encoder = nnx.List([layers.Block(W, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
                                  for _ in range(cfg.encoder_layers)])
         self.encoder_norm = layers.RMSNorm(W, rngs=rngs)
-        self.to_mean = layers.Dense(self.group * W, D, rngs=rngs, names=("embed", "latent"),
+        self.to_mean = layers.dense(self.group * W, D, rngs=rngs, names=("embed", "latent"),
                                     dtype=dtype)
         # log-variance starts near exp(-6): the latent path carries signal from step one
-        self.to_logvar = layers.Dense(
+        self.to_logvar = layers.dense(
             self.group * W, D, rngs=rngs, names=("embed", "latent"), use_bias=True,
             init=nnx.initializers.zeros_init(), dtype=dtype)
         self.to_logvar.bias[...] = jnp.full((D,), cfg.logvar_init, jnp.float32)
@@ -77,12 +77,12 @@ def add_decoder_layers(module: nnx.Module, cfg: VAEConfig, group: int, *, rngs: 
     decoder (blocks), decoder_norm, real_head. The VAE and the seam decoder both build theirs
     here, so that the seam decoder starts from the VAE decoder's weights by name and shape."""
     W, D = cfg.width, cfg.latent_dim
-    module.from_latent = layers.Dense(D, group * W, rngs=rngs, names=("latent", "embed"),
+    module.from_latent = layers.dense(D, group * W, rngs=rngs, names=("latent", "embed"),
                                       use_bias=True, dtype=dtype)
     module.decoder = nnx.List([layers.Block(W, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
                                for _ in range(cfg.decoder_layers)])
     module.decoder_norm = layers.RMSNorm(W, rngs=rngs)
-    module.real_head = layers.Dense(W, 1, rngs=rngs, names=("embed", None), use_bias=True,
+    module.real_head = layers.dense(W, 1, rngs=rngs, names=("embed", None), use_bias=True,
                                     dtype=dtype)
 
 def build_vae(cfg: Config, vocab_size: int):

@@ -4,6 +4,7 @@ runs `check_choices` right after loading a config, so a typo fails before any st
 
 from __future__ import annotations
 
+from ldlm import priors
 from ldlm.config import TRAIN_SECTIONS, Config
 from ldlm.data.sources import SOURCES
 from ldlm.data.tokenizer import MODEL_TYPES
@@ -16,7 +17,8 @@ from ldlm.stages.eval import SCORERS
 
 
 def check_choices(cfg: Config) -> Config:
-    """Raises ConfigError naming the key, its value and the allowed ones; returns `cfg`."""
+    """Raises ConfigError naming the key, its value and the allowed ones (and the prior kind's
+    own checks); returns `cfg`."""
     fields = [
         ("data.source", (cfg.data.source,), SOURCES),
         ("tokenizer.model_type", (cfg.tokenizer.model_type,), MODEL_TYPES),
@@ -36,4 +38,4 @@ def check_choices(cfg: Config) -> Config:
         for value in values:
             if value not in allowed:
                 raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
-    return cfg
+    return priors.check(cfg)  # dit.kind names a registered kind that takes these settings

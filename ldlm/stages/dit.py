@@ -38,7 +38,7 @@ def sample_dump_hook(cfg: Config, run_dir, vae: TextVAE, per_label: int = 1):
         result = {str(b): [{"label": label, "text": text} for label, text in zip(
             labels or [None] * n,
             pipe.generate(n=n, steps=b, sampler="ddim", label=labels, seed=cfg.seed,
-                          num_blocks=max(1, cfg.dit.window)))]
+                          num_blocks=pipe.sampler.blocks_without_history))]
             for b in budgets}
         if rundir.is_main_process():
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,16 @@ def build_model(task: Task, mesh: Mesh, seed: int, rules: tuple = PARAM_RULES):
     return nnx.split(model)
 
 
+def init_training(task: Task, mesh: Mesh, seed: int = 0, rules: tuple = PARAM_RULES):
+    """(graphdef, fresh TrainState on `mesh`, jitted train step) of a task: one training
+    step outside `train`, for benchmarks and golden tests."""
+    graphdef, params = build_model(task, mesh, seed, rules)
+    tx = make_optimizer(task.train_cfg)
+    state = replicate_unsharded(
+        init_state(params, tx, 0, ema=task.train_cfg.ema_decay > 0), mesh)
+    return graphdef, state, make_train_step(graphdef, task.loss_fn, tx, task.train_cfg)
+
+
 def replicate_unsharded(tree, mesh: Mesh):
     """Leaves not yet laid out on `mesh` (step, RNG, optimizer counters) are replicated over
     it, so that restored checkpoints and fresh states have the same shardings."""

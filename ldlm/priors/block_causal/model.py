@@ -20,7 +20,7 @@ from flax import nnx
 from ldlm.config import Config, DiTConfig
 from ldlm.errors import ConfigError
 from ldlm.models import layers
-from ldlm.models.dit import DiTBlock, modulate, timestep_embedding
+from ldlm.models.dit_trunk import DiTTrunk
 
 
 def diffusion_blocks(window: int, block_size: int) -> np.ndarray:
@@ -56,8 +56,9 @@ class KVCache(NamedTuple):
     valid_BxC: jax.Array
 
 
-class BlockCausalDiT(nnx.Module):
-    """A DiT over a window of W latents in diffusion blocks of G latents, block-causal.
+class BlockCausalDiT(DiTTrunk):
+    """A DiT over a window of W latents in diffusion blocks of G latents, block-causal
+    (the trunk: ldlm/models/dit_trunk.py).
 
     Training (`__call__`): one pass over [clean window | noisy window] (2W tokens) with
     `two_stream_mask`; RoPE positions 0..W-1 for both streams; every position is modulated
@@ -73,93 +74,51 @@ class BlockCausalDiT(nnx.Module):
     width, E model width.
     """
 
-    def __init__(self, cfg: DiTConfig, num_latents: int, latent_dim: int, num_classes: int,
-                 *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
-        E = cfg.width
-        self.cfg, self.remat, self.dtype = cfg, remat, dtype
-        self.N, self.D, self.num_classes = num_latents, latent_dim, num_classes
-        self.W, self.G = window_latents(cfg, num_latents), cfg.block_size
+    def _embeddings(self, rngs: nnx.Rngs) -> None:
+        self.W, self.G = window_latents(self.cfg, self.N), self.cfg.block_size
         diffusion_blocks(self.W, self.G)  # ConfigError unless G divides W
-        self.in_proj = layers.Dense(2 * latent_dim, E, rngs=rngs, names=("latent", "embed"),
-                                    use_bias=True, dtype=dtype)
         # row 0: the clean history stream, row 1: the noisy stream
-        self.stream = layers.param(rngs, layers.normal(0.02), (2, E), (None, "embed"))
-        self.time_mlp1 = layers.Dense(E, E, rngs=rngs, names=("embed", "mlp"), use_bias=True,
-                                      dtype=dtype)
-        self.time_mlp2 = layers.Dense(E, E, rngs=rngs, names=("mlp", "embed"), use_bias=True,
-                                      dtype=dtype)
-        self.class_embed = layers.param(rngs, layers.normal(0.02), (num_classes + 1, E),
-                                        (None, "embed"))
-        self.blocks = nnx.List([DiTBlock(E, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dtype)
-                                for _ in range(cfg.layers)])
-        self.final_ada = layers.Dense(E, 2 * E, rngs=rngs, names=("embed", "mlp"),
-                                      use_bias=True, init=nnx.initializers.zeros_init(),
-                                      dtype=dtype)
-        self.out_proj = layers.Dense(E, latent_dim, rngs=rngs, names=("embed", "latent"),
-                                     use_bias=True, init=nnx.initializers.zeros_init(),
-                                     dtype=dtype)
-
-    @property
-    def null_label(self) -> int:
-        return self.num_classes
+        self.stream = layers.param(rngs, layers.normal(0.02), (2, self.cfg.width),
+                                   (None, "embed"))
 
     @property
     def cache_slots(self) -> int:
         return self.W - self.G
 
-    # ------------------------------------------------------------------ pieces
     def _tokens(self, z_BxTxD, self_cond_BxTxD, stream: int):
-        x = self.in_proj(jnp.concatenate([z_BxTxD, self_cond_BxTxD], -1))
+        x = self.input_tokens(z_BxTxD, self_cond_BxTxD)
         return x + self.stream[...][stream].astype(x.dtype)[None, None, :]
 
-    def _condition(self, t_BxK, label_B):
-        """c_BxKxE: the time embedding of K times per row plus the class embedding."""
-        B, K = t_BxK.shape
-        temb = timestep_embedding(t_BxK.reshape(-1), self.cfg.width).reshape(B, K, -1)
-        c = self.time_mlp2(jax.nn.silu(self.time_mlp1(temb)))
-        return c + jnp.take(self.class_embed[...], label_B, axis=0).astype(c.dtype)[:, None, :]
-
-    def _out(self, x_BxTxE, c, c_index_T=None):
-        """The output projection, modulated as in DiTBlock (c: BxE, or BxKxE with
-        c_index_T)."""
-        mods = self.final_ada(jax.nn.silu(c)).astype(x_BxTxE.dtype)
-        if c_index_T is not None:
-            mods = jnp.take(mods, c_index_T, axis=1)
-        shift, scale = jnp.split(mods, 2, axis=-1)
-        return self.out_proj(modulate(layers.rms_normalize(x_BxTxE), shift, scale)).astype(
-            jnp.float32)
-
-    def _labels(self, label_B, B: int):
-        return jnp.full((B,), self.null_label, jnp.int32) if label_B is None else label_B
-
     # ------------------------------------------------------------------ training pass
+    def block_times(self, t_BxW):
+        """t_BxK: the time of each diffusion block (K = W / G) from per-position times (the
+        first position of each block is read)."""
+        return t_BxW[:, ::self.G]
+
     def __call__(self, x0_BxWxD, z_BxWxD, t_BxW, *, self_cond_BxWxD=None, label_B=None,
                  latent_mask_BxW=None):
         """The network output (eps, x0 or v per config) on the noisy window, BxWxD: block b
         of z denoised given the clean blocks < b of x0. t_BxW: each position's time, one
-        per diffusion block (the first of each block is read); latent_mask_BxW: False past
-        the document's end (hidden as keys)."""
+        per diffusion block (`block_times` reads it); latent_mask_BxW: False past the
+        document's end (hidden as keys)."""
         B, W, _ = z_BxWxD.shape
-        if self_cond_BxWxD is None:
-            self_cond_BxWxD = jnp.zeros_like(z_BxWxD)
         if latent_mask_BxW is None:
             latent_mask_BxW = jnp.ones((B, W), bool)
-        label_B = self._labels(label_B, B)
+        label_B = self.labels(label_B, B)
         x = jnp.concatenate([self._tokens(x0_BxWxD, jnp.zeros_like(x0_BxWxD), 0),
                              self._tokens(z_BxWxD, self_cond_BxWxD, 1)], axis=1)
         # 1 + W/G conditions per row: the clean stream's (time 0), then each noisy block's;
         # adaLN's modulation is computed once per condition, then gathered per position
-        t_blocks = t_BxW[:, ::self.G]
-        c = self._condition(jnp.concatenate([jnp.zeros_like(t_blocks[:, :1]), t_blocks], 1),
-                            label_B)
+        t_blocks = self.block_times(t_BxW)
+        c = self.condition(jnp.concatenate([jnp.zeros_like(t_blocks[:, :1]), t_blocks], 1),
+                           label_B)
         c_index = jnp.asarray(np.concatenate([np.zeros(W, np.int32),
                                               1 + diffusion_blocks(W, self.G)]))
         keys_B2W = jnp.concatenate([latent_mask_BxW, latent_mask_BxW], axis=1)
         mask = jnp.asarray(two_stream_mask(W, self.G))[None] & keys_B2W[:, None, :]
         positions = jnp.concatenate([jnp.arange(W), jnp.arange(W)])
-        for block in self.blocks:
-            x = layers.call_block(block, self.remat, x, c, mask, positions, c_index)
-        return self._out(x[:, W:], c, c_index[W:])
+        x = self.run_blocks(x, c, mask, positions, c_index)
+        return self.output(x[:, W:], c, c_index[W:])
 
     # ------------------------------------------------------------------ sampling with a cache
     def empty_cache(self, B: int, dtype=jnp.float32) -> KVCache:
@@ -186,15 +145,13 @@ class BlockCausalDiT(nnx.Module):
         given the committed history in `cache`, BxGxD (valid_BxG: False past a document's
         end, hidden as keys as in training)."""
         B, G, _ = z_BxGxD.shape
-        if self_cond_BxGxD is None:
-            self_cond_BxGxD = jnp.zeros_like(z_BxGxD)
         if valid_BxG is None:
             valid_BxG = jnp.ones((B, G), bool)
-        c = self._condition(t_B[:, None], self._labels(label_B, B))[:, 0]  # one per block
+        c = self.condition(t_B[:, None], self.labels(label_B, B))[:, 0]  # one per block
         x = self._tokens(z_BxGxD, self_cond_BxGxD, 1)
         x, _, _ = self._with_cache(x, c, cache, pos0,
                                    jnp.broadcast_to(valid_BxG[:, None, :], (B, G, G)))
-        return self._out(x, c)
+        return self.output(x, c)
 
     def commit(self, cache: KVCache, x0_BxGxD, pos0, *, valid_BxG=None,
                label_B=None) -> KVCache:
@@ -204,7 +161,7 @@ class BlockCausalDiT(nnx.Module):
         B, G, _ = x0_BxGxD.shape
         if valid_BxG is None:
             valid_BxG = jnp.ones((B, G), bool)
-        c = self._condition(jnp.zeros((B, 1)), self._labels(label_B, B))[:, 0]
+        c = self.condition(jnp.zeros((B, 1)), self.labels(label_B, B))[:, 0]
         x = self._tokens(x0_BxGxD, jnp.zeros_like(x0_BxGxD), 0)
         _, k, v = self._with_cache(x, c, cache, pos0,
                                    jnp.broadcast_to(valid_BxG[:, None, :], (B, G, G)))

@@ -1,0 +1,75 @@
+"""The block-causal DiT (`dit.kind=block_causal`, Cola DLM): windows of `dit.window` VAE
+blocks in diffusion blocks of `dit.block_size` latents, each denoised given the clean blocks
+before it; sampled block by block against a KV cache, so texts have any length
+(model.py, objective.py, sampler.py)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from ldlm.config import Config
+from ldlm.data import latents as latents_lib
+from ldlm.errors import ConfigError
+from ldlm.flops import block_flops
+from ldlm.priors.base import PriorKind
+from ldlm.priors.block_causal.model import BlockCausalDiT, build_block_causal
+from ldlm.priors.block_causal.objective import block_causal_loss
+from ldlm.priors.block_causal.sampler import BlockCausalSampler
+
+
+class BlockCausal(PriorKind):
+    name = "block_causal"
+    architecture = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool",
+                    "window", "block_size")
+    sampler = BlockCausalSampler
+
+    def validate(self, cfg: Config) -> None:
+        t, N = cfg.dit, cfg.vae.num_latents
+        if t.window < 1:
+            raise ConfigError(f"dit.window={t.window}: the block-causal prior needs windows "
+                              "of at least 1 VAE block (or dit.kind=per_block)")
+        W = t.window * N
+        if t.block_size < 1 or W % t.block_size:
+            raise ConfigError(f"dit.block_size={t.block_size} must divide the window of {W} "
+                              f"latents (dit.window={t.window} x vae.num_latents={N})")
+        if t.token_loss_weight > 0:
+            raise ConfigError("dit.token_loss_weight is not supported by the block-causal "
+                              "prior; set it to 0")
+
+    def build(self, cfg, num_latents, latent_dim, num_classes):
+        return build_block_causal(cfg, num_latents, latent_dim, num_classes)
+
+    def batches(self, cfg, run_dir, mesh, role="train", train=True):
+        return latents_lib.window_batches(cfg, run_dir, mesh, role, train=train,
+                                          blocks=cfg.dit.window)
+
+    def loss(self, model, batch, rng, step, train, *, counts, cfg, decoder_graphdef=None,
+             frozen=None):
+        return block_causal_loss(model, batch, rng, step, train, counts=counts, cfg=cfg,
+                                 decoder_graphdef=decoder_graphdef, frozen=frozen)
+
+    def blocks_per_row(self, cfg):
+        return cfg.dit.window
+
+    def synthetic_batch(self, cfg, B, vocab, seed=0):
+        rng = np.random.default_rng(seed)
+        L, N, D, K = cfg.data.block_len, cfg.vae.num_latents, cfg.vae.latent_dim, cfg.dit.window
+        return {"z": jnp.asarray(rng.standard_normal((B, K * N, D)), jnp.float32),
+                "latent_mask": jnp.ones((B, K * N), bool), "label": jnp.zeros(B, jnp.int32),
+                "tokens": jnp.asarray(rng.integers(4, vocab, (B, K, L)), jnp.int32),
+                "mask": jnp.ones((B, K, L), bool)}
+
+    def forward_flops(self, cfg, B):
+        """[clean | noisy] window, adaLN once per block's condition."""
+        t = cfg.dit
+        N, D, E = cfg.vae.num_latents, cfg.vae.latent_dim, t.width
+        Wn = t.window * N
+        T, conds = 2 * Wn, 1 + Wn // t.block_size
+        flops = t.layers * (block_flops(B * T, E, t.mlp_dim, T) + B * conds * 2 * E * 6 * E)
+        return flops + B * (T * 2 * 2 * D * E + conds * 2 * E * 2 * E + Wn * 2 * E * D)
+
+
+KIND = BlockCausal()
+__all__ = ["BlockCausal", "BlockCausalDiT", "BlockCausalSampler", "KIND",
+           "block_causal_loss", "build_block_causal"]
