@@ -61,6 +61,7 @@ def main() -> None:
     from ldlm.eval import compare
     from ldlm.eval import sample_metrics as metrics
     from ldlm.inference.generation import LatentDiffusionPipeline
+    from ldlm.inference.latent_text import LatentText
     from ldlm.inference.textvae import TextVAE
 
     pipe = LatentDiffusionPipeline.from_pretrained(args.run)
@@ -90,12 +91,12 @@ def main() -> None:
     for name, decoder, history in (("vae decoder", "vae", False),
                                    ("seam decoder", "seam", True),
                                    ("seam decoder, no history", "seam", False)):
-        pipe.vae = TextVAE.from_run(args.run, decoder=decoder)
+        text = LatentText(TextVAE.from_run(args.run, decoder=decoder))
         for T, z in latents.items():
-            reader = pipe.vae.reader(args.n)
-            first = pipe._block_tokens(z[:, 0], reader)
-            second = pipe._block_tokens(z[:, 1], reader if history else
-                                        pipe.vae.reader(args.n))
+            reader = text.vae.reader(args.n)
+            first = text.block_tokens(z[:, 0], reader)
+            second = text.block_tokens(z[:, 1], reader if history else
+                                       text.vae.reader(args.n))
             score(name, [(a + (b if EOS_ID not in a else []), len(a))
                          for a, b in zip(first, second)], T)
     entropies = [float(h) for h in args.entropies.split(",")]

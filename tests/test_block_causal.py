@@ -160,14 +160,25 @@ LONG = ("The company said on Monday that profits rose by a third in the year to 
 
 
 def test_prompts_of_different_lengths_continue_in_one_batch(window_pipe):
+    """Each row continues its own prompt: the prompt changes what follows it, and a batch
+    mate's prompt (here one VAE block longer, so this row's history is padded) does not."""
     pipe = window_pipe
-    L = pipe.vae.block_len
-    tokens = pipe.generate_tokens(n=2, steps=2, prompt=["Shares rose.", LONG[:60]],
-                                  max_tokens=L + 5, label="a", guidance=2.0)
-    assert [len(t) <= L + 5 for t in tokens] == [True, True]
-    # past the window: the cache rolls, the positions go on
-    long = pipe.generate_tokens(n=1, steps=1, num_blocks=5)
-    assert len(long[0]) > 0
+    short, other = "Shares rose.", "Prices fell sharply in Tokyo."
+
+    def continuation(prompts):
+        return pipe.generate_tokens(n=2, steps=2, prompt=prompts, max_tokens=40, label="a",
+                                    guidance=2.0, seed=1)
+
+    beside_long = continuation([short, LONG[:60]])
+    assert beside_long[0] == continuation([short, other])[0]
+    assert beside_long[0] != continuation([other, other])[0]
+    assert all(0 < len(t) <= 40 for t in beside_long)
+    # past the window: the cache rolls, the positions go on, and earlier blocks stay as
+    # they were written
+    five = pipe.sample_latents(n=1, steps=1, num_blocks=5)
+    np.testing.assert_array_equal(five[:, :2], pipe.sample_latents(n=1, steps=1,
+                                                                    num_blocks=2))
+    assert pipe.generate(n=1, steps=1, num_blocks=5) == pipe.decode(five)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -186,7 +197,9 @@ def test_a_whole_window_prior_writes_one_window_and_takes_no_prompt(window_pipe)
     cfg = window_pipe.cfg.override(["dit.block_size=16"])
     whole = LatentDiffusionPipeline(cfg, _model(cfg.dit, window_pipe.N, window_pipe.D, 5),
                                     window_pipe.vae, window_pipe.label_names)
-    assert len(whole.generate(n=1, steps=1, num_blocks=2)) == 1
+    # its one window is two VAE blocks, written together and read in order
+    assert whole.generate(n=1, steps=1, num_blocks=2, seed=2) == whole.decode(
+        whole.sample_latents(n=1, steps=1, num_blocks=2, seed=2))
     for kwargs in ({"prompt": "Shares rose."}, {"num_blocks": 3}):
         with pytest.raises(PipelineError, match="keeps history"):
             whole.generate(n=1, steps=1, **kwargs)
@@ -294,7 +307,11 @@ def test_the_dit_stage_trains_resumes_and_serves_a_block_causal_prior(tiny_dit, 
     assert '"step": 6' in log or '"step":6' in log
     pipe = LatentDiffusionPipeline.from_pretrained(run_dir)
     assert pipe.kind == "block_causal" and pipe.has_context
-    assert len(pipe.generate(n=2, steps=2, prompt="Shares rose.", max_tokens=40)) == 2
+    # the loaded prior writes what the trained one wrote into its last sample dump
+    dump = json.loads((run_dir / "dit" / "samples" / "step_6.json").read_text())["2"]
+    labels = [s["label"] for s in dump]
+    assert pipe.generate(n=len(dump), steps=2, sampler="ddim", label=labels, seed=cfg.seed,
+                         num_blocks=2) == [s["text"] for s in dump]
     with pytest.raises(ConfigError, match="dit.block_size"):  # another architecture
         run_dit(more.override(["dit.block_size=8", "dit_train.steps=8"]), run_dir)
     samples = json.loads(sorted((run_dir / "dit" / "samples").glob("*.json"))[-1].read_text())

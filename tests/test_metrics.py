@@ -32,5 +32,11 @@ def test_a_resumed_run_drops_the_lines_of_the_steps_it_trains_again(tmp_path):
         (10, "train", 1.0), (20, "train", 2.0), (20, "validation", 9.0), (30, "train", 2.5)]
 
 
-def test_progress_counts():
-    assert sum(progress(range(5), desc="x")) == 10
+def test_progress_shows_a_bar_on_process_0_only_and_passes_items_through(capsys,
+                                                                         monkeypatch):
+    assert list(progress(range(5), desc="stepping")) == [0, 1, 2, 3, 4]
+    err = capsys.readouterr().err
+    assert "stepping" in err and "5/5" in err
+    monkeypatch.setattr("ldlm.logs.jax.process_index", lambda: 1)
+    assert list(progress(range(5), desc="stepping")) == [0, 1, 2, 3, 4]
+    assert capsys.readouterr().err == ""

@@ -89,6 +89,6 @@ def test_two_processes_train_the_block_causal_prior_as_one_process(tiny_dit, tmp
     def params(run_dir):
         pipe = LatentDiffusionPipeline.from_pretrained(run_dir, ema=False)
         assert pipe.kind == "block_causal"
-        return jax.device_get(pipe._params)
+        return jax.device_get(pipe.sampler.params)
 
     assert_trees_close(params(multi), params(single), rtol=1e-4, atol=1e-5)

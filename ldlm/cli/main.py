@@ -91,20 +91,23 @@ def run_sample(args: argparse.Namespace) -> None:
     """Prints each sample, then the wall-clock time and generated tokens per second (VAE
     decoding included; the first call's compilation is timed separately)."""
     from ldlm.data.tokenizer import EOS_ID
+    from ldlm.diffusion.spec import SamplingSpec
     from ldlm.inference.generation import LatentDiffusionPipeline
     from ldlm.rundir import setup_logging
 
     setup_logging()  # warnings (a skipped damaged checkpoint) in the stages' format
+    # checked before anything is loaded: a bad setting fails at once
+    spec = SamplingSpec(steps=args.steps, sampler=args.sampler, grid=args.grid, eta=args.eta,
+                        temperature=args.temperature, guidance=args.guidance,
+                        label=args.label, seed=args.seed)
     pipe = LatentDiffusionPipeline.from_pretrained(pathlib.Path(args.run_dir), step=args.step)
-    kwargs = dict(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                  label=args.label, prompt=args.prompt, num_blocks=args.num_blocks,
-                  max_tokens=args.max_tokens,
-                  eta=args.eta, grid=args.grid, temperature=args.temperature, seed=args.seed)
+    kwargs = dict(n=args.n, prompt=args.prompt, num_blocks=args.num_blocks,
+                  max_tokens=args.max_tokens)
     start = time.perf_counter()
-    pipe.generate_tokens(**kwargs)  # compiles; same shapes as the timed call
+    pipe.generate_tokens_with(spec, **kwargs)  # compiles; same shapes as the timed call
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    samples = pipe.generate_tokens(**kwargs)
+    samples = pipe.generate_tokens_with(spec, **kwargs)
     texts = [pipe.vae.tokenizer.decode(ids) for ids in samples]  # decoding is timed too
     seconds = time.perf_counter() - start
     what = f"continuing {args.prompt!r}" if args.prompt else (args.label or "unconditional")

@@ -95,6 +95,12 @@ class LatentSampler:
         raise NotImplementedError
 
 
+# the dit.* keys both DiT kinds' checkpoints are saved with (a resumed run must match
+# them all, so the set stays as existing runs wrote it)
+DIT_ARCHITECTURE = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool",
+                    "window", "block_size")
+
+
 class PriorKind:
     """One kind of latent prior: what the training loop, the stages and the pipeline need.
 

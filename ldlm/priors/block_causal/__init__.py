@@ -12,16 +12,16 @@ from ldlm.config import Config
 from ldlm.data import latents as latents_lib
 from ldlm.errors import ConfigError
 from ldlm.flops import block_flops
-from ldlm.priors.base import PriorKind
-from ldlm.priors.block_causal.model import BlockCausalDiT, build_block_causal
+from ldlm.priors.base import DIT_ARCHITECTURE, PriorKind
+from ldlm.priors.block_causal.model import (BlockCausalDiT, build_block_causal,
+                                            diffusion_blocks)
 from ldlm.priors.block_causal.objective import block_causal_loss
 from ldlm.priors.block_causal.sampler import BlockCausalSampler
 
 
 class BlockCausal(PriorKind):
     name = "block_causal"
-    architecture = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool",
-                    "window", "block_size")
+    architecture = DIT_ARCHITECTURE
     sampler = BlockCausalSampler
 
     def validate(self, cfg: Config) -> None:
@@ -29,10 +29,7 @@ class BlockCausal(PriorKind):
         if t.window < 1:
             raise ConfigError(f"dit.window={t.window}: the block-causal prior needs windows "
                               "of at least 1 VAE block (or dit.kind=per_block)")
-        W = t.window * N
-        if t.block_size < 1 or W % t.block_size:
-            raise ConfigError(f"dit.block_size={t.block_size} must divide the window of {W} "
-                              f"latents (dit.window={t.window} x vae.num_latents={N})")
+        diffusion_blocks(t.window * N, t.block_size)  # the model's own check of G | W
         if t.token_loss_weight > 0:
             raise ConfigError("dit.token_loss_weight is not supported by the block-causal "
                               "prior; set it to 0")

@@ -10,7 +10,7 @@ from ldlm.config import Config
 from ldlm.data import latents as latents_lib
 from ldlm.errors import ConfigError
 from ldlm.flops import block_flops
-from ldlm.priors.base import PriorKind
+from ldlm.priors.base import DIT_ARCHITECTURE, PriorKind
 from ldlm.priors.per_block.model import DiT, build_dit
 from ldlm.priors.per_block.objective import dit_loss
 from ldlm.priors.per_block.sampler import PerBlockSampler
@@ -18,8 +18,7 @@ from ldlm.priors.per_block.sampler import PerBlockSampler
 
 class PerBlock(PriorKind):
     name = "per_block"
-    architecture = ("width", "heads", "mlp_dim", "layers", "use_context", "context_pool",
-                    "window", "block_size")
+    architecture = DIT_ARCHITECTURE
     sampler = PerBlockSampler
 
     def validate(self, cfg: Config) -> None:
