@@ -8,6 +8,7 @@ import sys
 import jax
 from flax import nnx
 import numpy as np
+import pytest
 
 from ldlm.cli.multiprocess import launch
 from tests.helpers import assert_trees_close, link_stages
@@ -65,6 +66,9 @@ def test_two_processes_write_the_latent_cache_once_and_wait_for_it(trained_tiny,
             np.testing.assert_allclose(a[i][key], b[i][key], rtol=1e-5, atol=1e-5)
 
 
+# about 85 s: make test-slow (the two-process VAE test above keeps multi-process training,
+# resume and one-process equality in CI)
+@pytest.mark.slow
 def test_two_processes_train_the_block_causal_prior_as_one_process(tiny_dit, tmp_path):
     """The block-causal prior's stage (windows of latents, two-stream training, sample
     dumps through the KV cache) as two processes: the parameters of one process."""
