@@ -60,7 +60,7 @@ class LatentDiffusionPipeline:
             raise MissingStageError("latent statistics", "the VAE stage", "vae")
         self.cfg, self.vae = cfg, vae
         self.label_names = list(label_names)
-        self.sampler = priors.get(cfg).sampler_for(cfg, dit)
+        self.sampler = priors.get(cfg).sampler(cfg, dit)
         self.text = LatentText(vae)
         self.N, self.D = self.sampler.N, self.sampler.D
         self._null = self.sampler.null_label
@@ -109,8 +109,6 @@ class LatentDiffusionPipeline:
                         max_tokens: int | None = None, seed: int = 0, eta: float = 0.0,
                         grid: str = "uniform", temperature: float = 1.0) -> list[list[int]]:
         """`generate` as token ids (through the first EOS, where a sample has one)."""
-        if max_tokens is not None:
-            _positive_int("max_tokens", max_tokens)
         spec = self.spec(steps, sampler, grid, eta, temperature, guidance, label, seed)
         return self.generate_tokens_with(spec, n=n, prompt=prompt, num_blocks=num_blocks,
                                          max_tokens=max_tokens)

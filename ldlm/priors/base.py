@@ -150,6 +150,3 @@ class PriorKind:
         dit.self_cond_prob (and remat's recomputation)."""
         extra = cfg.dit.self_cond_prob + (1 if cfg.dit_train.remat else 0)
         return self.forward_flops(cfg, B) * (3 + extra)
-
-    def sampler_for(self, cfg: Config, model: nnx.Module) -> LatentSampler:
-        return self.sampler(cfg, model)

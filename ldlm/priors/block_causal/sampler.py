@@ -99,18 +99,12 @@ def history_error(params, cache, x0, pos0, label_B, key, times_T, *, graphdef,
     return err, model.commit(cache, x0, pos0, label_B=label_B)
 
 
-_STATIC = ("graphdef", "dcfg", "guided", "trajectory_steps")
-
-
-def _jit(fn):
-    """fn jitted with its keyword-only arguments (model structure, config, modes) static."""
-    names = fn.__code__.co_varnames[fn.__code__.co_argcount:][
-        :fn.__code__.co_kwonlyargcount]
-    return jax.jit(fn, static_argnames=[n for n in names if n in _STATIC])
-
-
-_denoise_block, _commit = _jit(denoise_block), _jit(commit)
-_estimate_and_commit, _history_error = _jit(estimate_and_commit), _jit(history_error)
+# the keyword-only arguments (model structure, config, modes) are static
+_denoise_block = jax.jit(denoise_block, static_argnames=("graphdef", "dcfg", "guided",
+                                                         "trajectory_steps"))
+_commit = jax.jit(commit, static_argnames=("graphdef", "guided"))
+_estimate_and_commit = jax.jit(estimate_and_commit, static_argnames=("graphdef", "dcfg"))
+_history_error = jax.jit(history_error, static_argnames=("graphdef", "dcfg"))
 
 
 def pad_to_blocks(z_BxTxD, G: int) -> np.ndarray:
