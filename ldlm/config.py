@@ -22,6 +22,7 @@ from ldlm.errors import ConfigError
 from ldlm.files import read_json
 
 PRESETS = ("tiny", "cpu", "base")
+VAE_KINDS = ("block", "chunk")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +77,11 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
-    """TextVAE shape and objective (see ldlm/models/vae.py, ldlm/train/vae.py)."""
+    """TextVAE shape and objective (see ldlm/models/vae.py, ldlm/train/vae.py). `kind`:
+    block (a transformer over the whole block) or chunk (each latent from its own L/N
+    tokens by MLPs alone, CALM's autoencoder: ldlm/models/chunk_vae.py)."""
 
+    kind: str = "block"
     width: int = 256
     heads: int = 4
     mlp_dim: int = 768  # SwiGLU hidden width
@@ -96,12 +100,16 @@ class VAEConfig:
     # the imperfect latents the diffusion stage will hand it.
     latent_noise_max: float = 0.8
     length_weight: float = 0.1  # weight of the real-token / padding classification
+    # latent coordinates zeroed in training with this probability (the rest rescaled): the
+    # decoder learns to read a latent from part of it (CALM: 0.15)
+    latent_dropout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
     """The latent prior and its diffusion process (ldlm/priors/, ldlm/diffusion/). `kind`
-    names the prior (ldlm/priors/<kind>/): per_block | block_causal, or a registered one.
+    names the prior (ldlm/priors/<kind>/): per_block | block_causal | latent_ar, or a
+    registered one.
     The keys after `self_cond_prob` and `label_dropout` are read by one kind only (named
     beside each)."""
 
@@ -123,6 +131,23 @@ class DiTConfig:
     # block_size must divide window x vae.num_latents (both 0 for per_block)
     window: int = 0
     block_size: int = 0
+    # latent_ar (CALM): a causal backbone over the chunk positions of windows of `window`
+    # VAE blocks (each latent one chunk of data.block_len / vae.num_latents tokens), whose
+    # input at position i is the chunk before it (`backbone_input`: its tokens, its latent,
+    # or both), and a light head that draws each next latent: `energy` (one pass, trained
+    # with the energy score) or `flow` (flow matching, sampled in the spec's steps)
+    head: str = "energy"
+    head_layers: int = 4  # residual adaLN MLP blocks of the head
+    head_width: int = 0  # 0: dit.width
+    backbone_input: str = "tokens"  # tokens | latents | both
+    noise_dim: int = 64  # energy head: dimensions of its uniform noise
+    energy_samples: int = 8  # energy score: head samples per position (N)
+    energy_targets: int = 100  # energy score: targets from the posterior per position (M)
+    energy_alpha: float = 1.0  # energy score: distance exponent, in (0, 2)
+    flow_draws: int = 4  # flow head: (time, noise) draws per position and backbone pass
+    # energy head at temperature 1/n: head samples per chunk among which a K-token tuple
+    # must repeat n times
+    temperature_samples: int = 200
     # per_block: condition on the previous / next block of the document, each dropped in
     # training with probability context_dropout
     context_dropout: float = 0.5
@@ -299,6 +324,11 @@ class Config:
         if not 1 <= d.block_len // v.num_latents <= 16:
             raise ConfigError(f"compression data.block_len / vae.num_latents = "
                               f"{d.block_len // v.num_latents} must lie in 1..16")
+        if v.kind not in VAE_KINDS:
+            raise ConfigError(f"vae.kind={v.kind!r} is not one of {list(VAE_KINDS)}")
+        if not 0 <= v.latent_dropout < 1 or not 0 <= v.token_mask_prob < 1:
+            raise ConfigError(f"vae.latent_dropout={v.latent_dropout} and "
+                              f"vae.token_mask_prob={v.token_mask_prob} must lie in [0, 1)")
         if v.width % v.heads or (v.width // v.heads) % 2:
             raise ConfigError(f"vae.width={v.width} must split into vae.heads={v.heads} "
                               "heads of even width (RoPE)")

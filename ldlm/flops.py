@@ -25,6 +25,8 @@ def block_flops(tokens: int, width: int, mlp: int, seq: int) -> float:
 
 def forward_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
     L = cfg.data.block_len
+    if cfg.vae.kind == "chunk" and model in ("vae", "encoder"):
+        return chunk_vae_flops(cfg.vae, L, vocab, B, decoder=model == "vae")
     if model == "vae":
         v = cfg.vae
         W, D = v.width, v.latent_dim
@@ -45,6 +47,22 @@ def forward_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
         return a.layers * block_flops(B * L, a.width, a.mlp_dim, L) + B * L * 2 * a.width * vocab
     raise ValueError(f"no FLOP count for {model!r}: the prior's is its kind's "
                      "(ldlm.priors.get(cfg).forward_flops)")
+
+
+def chunk_vae_flops(cfg, block_len: int, vocab: int, B: int, *,
+                    encoder: bool = True, decoder: bool = True) -> float:
+    """Forward matmul FLOPs over B blocks (the encoder, the decoder or both)."""
+    W, D, H, L = cfg.width, cfg.latent_dim, cfg.mlp_dim, block_len
+    N = cfg.num_latents
+    K = L // N
+    mlp = 2 * 3 * W * H  # one SwiGLU per position
+    flops = 0.0
+    if encoder:
+        flops += B * (cfg.encoder_layers * (L + N) * mlp + N * 2 * K * W * W + N * 2 * 2 * W * D)
+    if decoder:
+        flops += B * (N * 2 * D * W + cfg.decoder_layers * (N + L) * mlp + N * 2 * W * K * W
+                      + L * 2 * W * (vocab + 1))
+    return flops
 
 
 def train_flops(model: str, cfg: Config, vocab: int, B: int) -> float:

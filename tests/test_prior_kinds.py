@@ -51,7 +51,7 @@ class ToyKind(priors.PriorKind):
     architecture = ("width",)
     sampler = ToySampler
 
-    def build(self, cfg, num_latents, latent_dim, num_classes):
+    def build(self, cfg, num_latents, latent_dim, num_classes, vocab_size=0):
         return lambda rngs: ShrinkToMean(num_latents, latent_dim, num_classes, rngs=rngs)
 
     def batches(self, cfg, run_dir, mesh, role="train", train=True):
@@ -102,7 +102,7 @@ def test_a_kind_registered_by_a_test_trains_and_samples_through_the_pipeline(
 
 def test_an_unknown_kind_is_a_one_line_error_naming_the_known_ones(tiny_cfg):
     with pytest.raises(ConfigError, match=r"dit.kind='mamba' is not one of \['block_causal', "
-                                          r"'per_block'\]"):
+                                          r"'latent_ar', 'per_block'\]"):
         priors.check(tiny_cfg.override(["dit.kind=mamba"]))
 
 

@@ -97,7 +97,8 @@ def read_meta(run_dir) -> dict:
 
 
 def record_format(meta: dict) -> RecordFormat:
-    return RecordFormat(meta["block_len"], (meta["num_latents"], meta["latent_dim"]))
+    return RecordFormat(meta["block_len"], (meta["num_latents"], meta["latent_dim"]),
+                        logvar=meta.get("logvar", False))
 
 
 def _open_cache(run_dir, role: str) -> tuple[RecordSource, dict, LatentNormaliser]:
@@ -157,13 +158,18 @@ class LatentWindowSource:
     every position of a window once an epoch. Item i: z (W x D normalised latents, W =
     blocks x N; zeros past the document's end), latent_mask (W bool, True on real latents),
     tokens / mask (blocks x L; all False past the end), label, doc_index and block_index (of
-    the first block).
+    the first block); with `sigma`, also the posterior's standard deviation in normalised
+    units (W x D, zeros past the end), for losses that draw targets from the posterior.
     """
 
-    def __init__(self, run_dir, role: str, blocks: int):
+    def __init__(self, run_dir, role: str, blocks: int, sigma: bool = False):
         if blocks < 1:
             raise ConfigError(f"a window holds at least one VAE block, not {blocks}")
         self._src, meta, self._normaliser = _open_cache(run_dir, role)
+        if sigma and not meta.get("logvar", False):
+            raise ConfigError(f"the latent cache in {latents_dir(run_dir)} holds no posterior "
+                              "variance (written by an older version): rerun `make latents`")
+        self.sigma = sigma
         self.N, self.D, self.L = meta["num_latents"], meta["latent_dim"], meta["block_len"]
         self.blocks = blocks
         # records are in block order: a document's blocks are one run of records, and the
@@ -187,6 +193,7 @@ class LatentWindowSource:
         latent_mask = np.zeros((K * N,), bool)
         tokens = np.zeros((K, self.L), np.int32)
         mask = np.zeros((K, self.L), bool)
+        sigma = np.zeros((K * N, self.D), np.float32)
         first = None
         for k, r in enumerate(range(i, min(i + K, int(self._stop[i])))):
             rec = self._src[r]
@@ -195,9 +202,15 @@ class LatentWindowSource:
             z[k * N:(k + 1) * N] = self._normaliser.normalise(rec["z"])
             latent_mask[k * N:(k + 1) * N] = True
             tokens[k], mask[k] = rec["tokens"], rec["mask"]
-        return {"z": z, "latent_mask": latent_mask, "tokens": tokens, "mask": mask,
+            if self.sigma:
+                sigma[k * N:(k + 1) * N] = np.exp(0.5 * rec["logvar"]) / \
+                    self._normaliser.std_D[None, :]
+        item = {"z": z, "latent_mask": latent_mask, "tokens": tokens, "mask": mask,
                 "label": first["label"], "doc_index": first["doc_index"],
                 "block_index": first["block_index"]}
+        if self.sigma:
+            item["sigma"] = sigma
+        return item
 
 
 def latent_batches(cfg: Config, run_dir, mesh, role: str = "train", train: bool = True,
@@ -215,8 +228,8 @@ def _batches(cfg: Config, source, mesh, train: bool, batch_size: int | None):
 
 
 def window_batches(cfg: Config, run_dir, mesh, role: str = "train", train: bool = True,
-                   batch_size: int | None = None, *, blocks: int):
+                   batch_size: int | None = None, *, blocks: int, sigma: bool = False):
     """Global, mesh-sharded batches of `LatentWindowSource` items of `blocks` VAE blocks
-    (resumable when train)."""
-    source = LatentWindowSource(run_dir, role, blocks)
+    (resumable when train; with `sigma` the posterior's spread as well)."""
+    source = LatentWindowSource(run_dir, role, blocks, sigma)
     return _batches(cfg, source, mesh, train, batch_size)

@@ -2,7 +2,8 @@
 
 A record is a little-endian numpy structured scalar: int32 doc_index, block_index, label,
 num_tokens, then int32 tokens_L (padded with PAD_ID after num_tokens), and, in the latent
-cache, float32 z_NxD (the block's posterior mean). `doc_index` is the document's index in
+cache, float32 z_NxD (the block's posterior mean) and, in caches written since the
+posterior's spread is kept, float32 logvar_NxD (its log-variance). `doc_index` is the document's index in
 its split and `block_index` the block's index in the document, so later stages can find a
 block's neighbours. Files are array_record, one record per block, in block order.
 """
@@ -38,15 +39,18 @@ class RecordFormat:
     """Encodes and decodes block records of `block_len` tokens (and latents of
     `latent_shape` = (N, D) in the latent cache)."""
 
-    def __init__(self, block_len: int, latent_shape: tuple[int, int] | None = None):
+    def __init__(self, block_len: int, latent_shape: tuple[int, int] | None = None,
+                 logvar: bool = False):
         fields = [(name, "<i4") for name in HEADER_FIELDS] + [("tokens", "<i4", (block_len,))]
         if latent_shape is not None:
             fields.append(("z", "<f4", tuple(latent_shape)))
+            if logvar:
+                fields.append(("logvar", "<f4", tuple(latent_shape)))
         self.dtype = np.dtype(fields)
         self.block_len = block_len
 
     def encode(self, *, doc_index: int, block_index: int, label: int, tokens: Sequence[int],
-               z=None) -> bytes:
+               z=None, logvar=None) -> bytes:
         """One record; `tokens` are the block's real tokens (padded here)."""
         rec = np.zeros((), self.dtype)
         rec["doc_index"], rec["block_index"], rec["label"] = doc_index, block_index, label
@@ -54,11 +58,14 @@ class RecordFormat:
         rec["tokens"] = pad_rows([tokens], self.block_len)[0][0]
         if z is not None:
             rec["z"] = z
+        if logvar is not None:
+            rec["logvar"] = logvar
         return rec.tobytes()
 
     def decode(self, raw: bytes) -> dict[str, np.ndarray]:
         """tokens_L int32, mask_L (True on real tokens, EOS included), the scalars doc_index,
-        block_index, label (int32), and z_NxD float32 when the records hold latents."""
+        block_index, label (int32), and z_NxD (and logvar_NxD) float32 when the records
+        hold latents."""
         if len(raw) != self.dtype.itemsize:
             raise ValueError(f"a record of {len(raw)} bytes, expected {self.dtype.itemsize} "
                              f"(blocks of {self.block_len} tokens)")
@@ -66,8 +73,9 @@ class RecordFormat:
         out = {"tokens": rec["tokens"].astype(np.int32),
                "mask": np.arange(self.block_len) < rec["num_tokens"],
                **{k: np.int32(rec[k]) for k in ("doc_index", "block_index", "label")}}
-        if "z" in self.dtype.names:
-            out["z"] = rec["z"].astype(np.float32)
+        for name in ("z", "logvar"):
+            if name in self.dtype.names:
+                out[name] = rec[name].astype(np.float32)
         return out
 
 

@@ -60,7 +60,7 @@ class LatentDiffusionPipeline:
             raise MissingStageError("latent statistics", "the VAE stage", "vae")
         self.cfg, self.vae = cfg, vae
         self.label_names = list(label_names)
-        self.sampler = priors.get(cfg).sampler(cfg, dit)
+        self.sampler = priors.get(cfg).sampler(cfg, dit, autoencoder=(vae.model, vae.normaliser))
         self.text = LatentText(vae)
         self.N, self.D = self.sampler.N, self.sampler.D
         self._null = self.sampler.null_label
@@ -74,10 +74,11 @@ class LatentDiffusionPipeline:
         cfg = priors.check(stage_config(run_dir, "dit", "a trained DiT"))
         meta = latents_lib.read_meta(run_dir)
         names = meta["label_names"]
+        vae = TextVAE.from_run(run_dir)
         build = priors.get(cfg).build(cfg, meta["num_latents"], meta["latent_dim"],
-                                      max(1, len(names)))
+                                      max(1, len(names)), vocab_size=vae.tokenizer.vocab_size)
         dit = load_stage_model(run_dir, "dit", build, cfg.dit_train, step=step, ema=ema)
-        return cls(cfg, dit, TextVAE.from_run(run_dir), names)
+        return cls(cfg, dit, vae, names)
 
     @property
     def kind(self) -> str:
@@ -131,24 +132,37 @@ class LatentDiffusionPipeline:
             num_blocks = -(-max_tokens // self.vae.block_len)
         self._check_batch(n, num_blocks)
         labels = self._labels(spec, n)
-        prompts = self._prompt_latents(prompt, n)
-        last = np.stack([p[-1] for p in prompts]) if prompts is not None else \
-            np.zeros((n, self.N, self.D), np.float32)
-        reader = self.text.reader(last, prompts is not None)
+        prompts = self._prompts(prompt, n)
+        # prompt tokens at the start of the first block read (samplers that take prompts
+        # as tokens restart at the prompt's last block); that block is read on top
+        skip = [0] * n
+        if prompts is not None and self.sampler.prompt_tokens:
+            skip = [len(p[-1]) for p in prompts]
+            last = None
+        elif prompts is not None:
+            last = np.stack([p[-1] for p in prompts])
+        else:
+            last = None
+        reader = self.text.reader(np.zeros((n, self.N, self.D), np.float32)
+                                  if last is None else last, last is not None)
+        blocks = num_blocks + (1 if any(skip) else 0)
         tokens, done = [[] for _ in range(n)], np.zeros(n, bool)
         pending = np.zeros((n, 0, self.D), np.float32)  # latents of an unfinished VAE block
         written = 0  # VAE blocks read
         for z in self.sampler.stream(n, spec, labels, prompts):
             pending = np.concatenate([pending, z], axis=1)
-            while pending.shape[1] >= self.N and written < num_blocks:
+            while pending.shape[1] >= self.N and written < blocks:
                 for i, ids in enumerate(self.text.block_tokens(pending[:, :self.N], reader)):
+                    if written == 0:
+                        ids = ids[skip[i]:]
                     if not done[i]:
                         tokens[i].extend(ids)
                         done[i] = EOS_ID in ids
                 pending, written = pending[:, self.N:], written + 1
-            if done.all() or written == num_blocks:
+            if done.all() or written == blocks:
                 break
-        return [t[:max_tokens] for t in tokens] if max_tokens is not None else tokens
+        most = max_tokens if max_tokens is not None else num_blocks * self.vae.block_len
+        return [t[:most] for t in tokens]
 
     def sample_latents(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
                        guidance: float = 1.0, label=None, seed: int = 0, eta: float = 0.0,
@@ -239,8 +253,9 @@ class LatentDiffusionPipeline:
         if num_blocks > most:
             priors.require(self.sampler, "continue", f"generating more than {most} block(s)")
 
-    def _prompt_latents(self, prompt, n: int) -> list[np.ndarray] | None:
-        """Each sample's prompt as normalised latents K_i x N x D (None: no prompt)."""
+    def _prompts(self, prompt, n: int) -> list | None:
+        """Each sample's prompt as normalised latents K_i x N x D, or as its token blocks
+        where the sampler takes tokens (None: no prompt)."""
         if prompt is None:
             return None
         prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
@@ -251,6 +266,8 @@ class LatentDiffusionPipeline:
                 raise PipelineError("the prompt text is empty" if isinstance(prompt, str)
                                     else f"prompt {i} is empty")
         priors.require(self.sampler, "continue", "continuing a prompt")
+        if self.sampler.prompt_tokens:
+            return [self.text.token_blocks(p, "prompt") for p in prompts]
         return [self.text.encode(p, "prompt", eos=False,
                                  fill_last=self.sampler.fills_prompt_blocks)
                 for p in prompts]

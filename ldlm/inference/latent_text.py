@@ -26,15 +26,21 @@ class LatentText:
         """Normalised latents (what the prior sees) -> the VAE's latents."""
         return self.normaliser.denormalise(np.asarray(z_xD, np.float32)).astype(np.float32)
 
-    def encode(self, text: str, what: str, eos: bool, fill_last: bool = False) -> np.ndarray:
-        """Normalised latents K x N x D of a text's blocks; with `fill_last` a last block
-        cut short is filled up with the mask token (see the block-causal sampler's
-        `fills_prompt_blocks`). `what` names the text in errors."""
+    def token_blocks(self, text: str, what: str, eos: bool = False) -> list[list[int]]:
+        """A text's token ids in VAE blocks as the training data lays them out (the last
+        block possibly short). `what` names the text in errors."""
         if not isinstance(text, str) or not text.strip():
             raise PipelineError(f"the {what} text is empty")
         blocks = self.vae.blocks(text, eos=eos)
         if not blocks:
             raise PipelineError(f"the {what} text has no tokens")
+        return blocks
+
+    def encode(self, text: str, what: str, eos: bool, fill_last: bool = False) -> np.ndarray:
+        """Normalised latents K x N x D of a text's blocks; with `fill_last` a last block
+        cut short is filled up with the mask token (see the block-causal sampler's
+        `fills_prompt_blocks`). `what` names the text in errors."""
+        blocks = self.token_blocks(text, what, eos)
         if fill_last:
             blocks[-1] = blocks[-1] + [MASK_ID] * (self.vae.block_len - len(blocks[-1]))
         return self.normaliser.normalise(self.vae.encode_tokens(self.vae.pad(blocks)[0]))

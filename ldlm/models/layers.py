@@ -163,6 +163,17 @@ class SwiGLU(nnx.Module):
         return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
 
 
+class ResidualMLP(nnx.Module):
+    """Pre-norm residual SwiGLU block without attention: x + mlp(norm(x)), position-wise."""
+
+    def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32):
+        self.norm = RMSNorm(width, rngs=rngs)
+        self.mlp = SwiGLU(width, hidden, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x):
+        return x + self.mlp(self.norm(x)).astype(x.dtype)
+
+
 class Block(nnx.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 

@@ -24,6 +24,7 @@ from flax import nnx
 
 from ldlm.config import Config, VAEConfig
 from ldlm.models import layers
+from ldlm.models.chunk_vae import ChunkVAEModel
 
 
 class TextVAEModel(nnx.Module):
@@ -86,7 +87,9 @@ def add_decoder_layers(module: nnx.Module, cfg: VAEConfig, group: int, *, rngs: 
                                     dtype=dtype)
 
 def build_vae(cfg: Config, vocab_size: int):
-    """rngs -> TextVAEModel of a run's config (compute dtype and remat from `vae_train`)."""
+    """rngs -> the autoencoder of a run's config (`vae.kind`: TextVAEModel or
+    ChunkVAEModel; compute dtype and remat from `vae_train`)."""
     dtype = layers.compute_dtype(cfg.vae_train.compute_dtype)
-    return lambda rngs: TextVAEModel(cfg.vae, vocab_size, cfg.data.block_len, rngs=rngs,
-                                     dtype=dtype, remat=cfg.vae_train.remat)
+    cls = ChunkVAEModel if cfg.vae.kind == "chunk" else TextVAEModel
+    return lambda rngs: cls(cfg.vae, vocab_size, cfg.data.block_len, rngs=rngs,
+                            dtype=dtype, remat=cfg.vae_train.remat)

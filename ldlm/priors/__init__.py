@@ -13,6 +13,7 @@ from ldlm.config import Config
 from ldlm.errors import ConfigError, PipelineError
 from ldlm.priors.block_causal import KIND as BLOCK_CAUSAL
 from ldlm.priors.base import OPERATIONS, LatentSampler, PriorKind
+from ldlm.priors.latent_ar import KIND as LATENT_AR
 from ldlm.priors.per_block import KIND as PER_BLOCK
 
 _KINDS: dict[str, PriorKind] = {}
@@ -65,6 +66,7 @@ def require(sampler: LatentSampler, op: str, what: str) -> None:
 
 register(PER_BLOCK)
 register(BLOCK_CAUSAL)
+register(LATENT_AR)
 
 __all__ = ["OPERATIONS", "LatentSampler", "PriorKind", "check", "get", "names", "register",
            "require", "unregister"]

@@ -42,8 +42,14 @@ class LatentSampler:
     OPERATIONS: tuple[str, ...] = ("generate",)
     # prompts end in a VAE block filled up with the mask token (else: cut short)
     fills_prompt_blocks = False
+    # prompts reach `stream` as token blocks (lists of token ids, the last possibly short)
+    # instead of latents, and the stream starts at the first chunk of each prompt's last
+    # block (the pipeline skips that block's prompt tokens)
+    prompt_tokens = False
 
-    def __init__(self, cfg: Config, model: nnx.Module):
+    def __init__(self, cfg: Config, model: nnx.Module, autoencoder=None):
+        """`autoencoder`: (the run's VAE model, its LatentNormaliser), for kinds that read
+        their own samples as tokens while sampling."""
         self.cfg, self.dcfg = cfg, cfg.dit
         self.N, self.D = model.N, model.D
         self.null_label = model.null_label
@@ -114,8 +120,10 @@ class PriorKind:
     def validate(self, cfg: Config) -> None:
         """ConfigError naming the key for a setting this kind cannot take."""
 
-    def build(self, cfg: Config, num_latents: int, latent_dim: int,
-              num_classes: int) -> Callable[[nnx.Rngs], nnx.Module]:
+    def build(self, cfg: Config, num_latents: int, latent_dim: int, num_classes: int,
+              vocab_size: int = 0) -> Callable[[nnx.Rngs], nnx.Module]:
+        """rngs -> the network (`vocab_size`: the run's tokenizer's, for kinds that embed
+        tokens)."""
         raise NotImplementedError
 
     def batches(self, cfg: Config, run_dir, mesh, role: str = "train", train: bool = True):

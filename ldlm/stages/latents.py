@@ -1,7 +1,7 @@
 """`make latents`: encode the train and validation blocks once with the frozen VAE.
 
-Writes `latents/<split>.array_record` (`ldlm.data.records` with the posterior mean z_NxD of
-each block, in block order; the tokens let the DiT score its estimates through the frozen
+Writes `latents/<split>.array_record` (`ldlm.data.records` with the posterior mean z_NxD and
+log-variance of each block, in block order; the tokens let the DiT score its estimates through the frozen
 decoder) and `meta.json`, written last. Process 0 encodes and writes; every process waits at
 a barrier until the cache is complete, so none goes on to read a half-written file.
 """
@@ -41,6 +41,7 @@ def _write_cache(cfg: Config, run_dir, vae: TextVAE, t0: float, batch_size: int)
     out = rundir.start_stage(cfg, run_dir, STAGE)
     N, D = vae.num_latents, vae.latent_dim
     meta = {"num_latents": N, "latent_dim": D, "block_len": cfg.data.block_len,
+            "logvar": True,
             "label_names": read_blocks_meta(batches.blocks_dir(run_dir))["label_names"]}
     fmt = record_format(meta)
     counts = {}
@@ -50,12 +51,13 @@ def _write_cache(cfg: Config, run_dir, vae: TextVAE, t0: float, batch_size: int)
 
         def records():
             for batch in ds:
-                z = vae.encode_tokens(batch["tokens"])
+                z, logvar = vae.posterior_tokens(batch["tokens"])
                 for r in np.flatnonzero(batches.real_rows(batch)):
                     yield fmt.encode(doc_index=batch["doc_index"][r],
                                      block_index=batch["block_index"][r],
                                      label=batch["label"][r],
-                                     tokens=batch["tokens"][r][batch["mask"][r]], z=z[r])
+                                     tokens=batch["tokens"][r][batch["mask"][r]], z=z[r],
+                                     logvar=logvar[r])
 
         if rundir.is_main_process():
             counts[role] = write_records(split_path(run_dir, role), records())

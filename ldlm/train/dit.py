@@ -54,6 +54,7 @@ def dit_task(cfg: Config, run_dir, mesh, hook: Callable | None = None,
     N, D = meta["num_latents"], meta["latent_dim"]
     label_names = meta["label_names"]
     decoder_graphdef, frozen = frozen_decoder(run_dir, mesh, vae_model)
+    vocab = read_blocks_meta(blocks_dir(run_dir))["vocab_size"]
 
     def loss_fn(model, batch, rng, step, train, *, counts, frozen=None):
         return kind.loss(model, batch, rng, step, train, counts=counts, cfg=cfg.dit,
@@ -61,7 +62,8 @@ def dit_task(cfg: Config, run_dir, mesh, hook: Callable | None = None,
 
     return Task(
         stage=STAGE, train_cfg=cfg.dit_train,
-        build_model=kind.build(cfg, N, D, max(1, len(label_names))), loss_fn=loss_fn,
+        build_model=kind.build(cfg, N, D, max(1, len(label_names)), vocab_size=vocab),
+        loss_fn=loss_fn,
         train_batches=kind.batches(cfg, run_dir, mesh),
         eval_batches=lambda: kind.batches(cfg, run_dir, mesh, "validation", train=False),
         must_match={**kind.must_match(cfg), "num_latents": N, "latent_dim": D,

@@ -22,6 +22,7 @@ from ldlm.config import Config
 from ldlm.data import latents as latents_lib
 from ldlm.data.batches import blocks_dir
 from ldlm.data.blocks import read_meta as read_blocks_meta
+from ldlm.errors import ConfigError
 from ldlm.loading import load_stage_model, stage_config
 from ldlm.locks import stage_lock
 from ldlm.mesh import make_mesh, replicate, to_host
@@ -80,6 +81,10 @@ def _replicated_stats(run_dir, mesh) -> dict:
 def seam_decoder_task(cfg: Config, run_dir, mesh) -> Task:
     latents_lib.read_meta(run_dir)  # MissingStageError -> make latents
     vae_cfg = stage_config(run_dir, "vae", "a trained VAE")
+    if vae_cfg.vae.kind != "block":
+        raise ConfigError(f"the {vae_cfg.vae.kind} autoencoder of {run_dir} reads each latent "
+                          "on its own: it has no block seams, so `make decoder` does not "
+                          "apply (texts are read by its own decoder)")
     vocab = read_blocks_meta(blocks_dir(run_dir))["vocab_size"]
     vae_model = load_stage_model(run_dir, "vae", build_vae(vae_cfg, vocab), vae_cfg.vae_train)
     # host copies of the VAE's weights, placed on the mesh in `build`

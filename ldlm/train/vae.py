@@ -39,7 +39,7 @@ def vae_loss(model: TextVAEModel, batch, rng, step, train: bool, *, counts: dict
     batch's `counts` (tokens, rows)."""
     tokens_BxL, mask_BxL = batch["tokens"], batch["mask"]
     B, L = tokens_BxL.shape
-    k_drop, k_post, k_sigma, k_noise = jax.random.split(rng, 4)
+    k_drop, k_post, k_sigma, k_noise, k_zdrop = jax.random.split(rng, 5)
     inputs = jnp.where(mask_BxL, tokens_BxL, PAD_ID)  # whatever sits in padding is ignored
     if train and cfg.token_mask_prob > 0:
         drop = jax.random.bernoulli(k_drop, cfg.token_mask_prob, (B, L)) & mask_BxL
@@ -51,6 +51,9 @@ def vae_loss(model: TextVAEModel, batch, rng, step, train: bool, *, counts: dict
         if cfg.latent_noise_max > 0:
             sigma_Bx1x1 = jax.random.uniform(k_sigma, (B, 1, 1)) * cfg.latent_noise_max
             z = z + sigma_Bx1x1 * jax.random.normal(k_noise, mean.shape)
+        if cfg.latent_dropout > 0:
+            keep = jax.random.bernoulli(k_zdrop, 1.0 - cfg.latent_dropout, z.shape)
+            z = jnp.where(keep, z / (1.0 - cfg.latent_dropout), 0.0)
     logits, real_logits = model.decode(z)
 
     maskf = mask_BxL.astype(jnp.float32)
@@ -95,6 +98,8 @@ def vae_task(cfg: Config, run_dir, mesh) -> Task:
         train_batches=batches.train_batches(cfg, run_dir, mesh),
         eval_batches=lambda: batches.eval_batches(cfg, run_dir, mesh),
         must_match={**{f"vae.{k}": getattr(cfg.vae, k) for k in ARCHITECTURE},
+                    # runs from before vae.kind existed saved no kind: they are "block"
+                    **({"vae.kind": cfg.vae.kind} if cfg.vae.kind != "block" else {}),
                     "data.block_len": cfg.data.block_len, "vocab_size": meta["vocab_size"]})
 
 

@@ -34,7 +34,7 @@ class BlockCausal(PriorKind):
             raise ConfigError("dit.token_loss_weight is not supported by the block-causal "
                               "prior; set it to 0")
 
-    def build(self, cfg, num_latents, latent_dim, num_classes):
+    def build(self, cfg, num_latents, latent_dim, num_classes, vocab_size=0):
         return build_block_causal(cfg, num_latents, latent_dim, num_classes)
 
     def batches(self, cfg, run_dir, mesh, role="train", train=True):

@@ -173,7 +173,7 @@ class BlockCausalSampler(LatentSampler):
     # continuation starts at the next block boundary
     fills_prompt_blocks = True
 
-    def __init__(self, cfg, model: BlockCausalDiT):
+    def __init__(self, cfg, model: BlockCausalDiT, autoencoder=None):
         super().__init__(cfg, model)
         self.model, self.G, self.W = model, model.G, model.W
 

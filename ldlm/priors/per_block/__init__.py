@@ -31,7 +31,7 @@ class PerBlock(PriorKind):
             raise ConfigError(f"dit.context_pool={t.context_pool} must divide "
                               f"vae.num_latents={cfg.vae.num_latents}")
 
-    def build(self, cfg, num_latents, latent_dim, num_classes):
+    def build(self, cfg, num_latents, latent_dim, num_classes, vocab_size=0):
         return build_dit(cfg, num_latents, latent_dim, num_classes)
 
     def batches(self, cfg, run_dir, mesh, role="train", train=True):
