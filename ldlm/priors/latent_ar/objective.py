@@ -44,7 +44,8 @@ def energy_score(samples_xNxD, targets_xMxD, alpha: float = 1.0):
     N = samples_xNxD.shape[-2]
     attract = pairwise_distance(samples_xNxD, targets_xMxD, alpha).mean((-2, -1))
     spread = pairwise_distance(samples_xNxD, samples_xNxD, alpha)
-    off_diagonal = 1.0 - jnp.eye(N, dtype=spread.dtype)
+    off_diagonal = (1.0 - jnp.eye(N, dtype=spread.dtype)).reshape(
+        (1,) * (spread.ndim - 2) + (N, N))
     repel = (spread * off_diagonal).sum((-2, -1)) / (N * (N - 1))
     return 2.0 * attract - repel
 

@@ -63,7 +63,8 @@ def pick_by_repeats(tuples_BxSxK, key, n: int):
 def _decode(vae, stats, z_BxSxD):
     """Tokens and real flags (B x S x K) of normalised latents, each read on its own."""
     B, S, D = z_BxSxD.shape
-    logits, real = vae.decode((z_BxSxD * stats["std"] + stats["mean"]).reshape(B * S, 1, D))
+    z = z_BxSxD * stats["std"][None, None, :] + stats["mean"][None, None, :]
+    logits, real = vae.decode(z.reshape(B * S, 1, D))
     K = logits.shape[1]
     return (jnp.argmax(logits, -1).astype(jnp.int32).reshape(B, S, K),
             (real > 0).reshape(B, S, K))
@@ -106,7 +107,7 @@ def next_chunk(params, vae_params, stats, cache: KVCache, prev_tokens_BxK, prev_
     real = jnp.where(forced_BxK, forced_tokens_BxK != PAD_ID, real)
     tokens = jnp.where(real, tokens, PAD_ID)
     mean, _ = vae.encode(tokens)
-    encoded = (mean[:, 0] - stats["mean"]) / stats["std"]
+    encoded = (mean[:, 0] - stats["mean"][None, :]) / stats["std"][None, :]
     z = jnp.where(forced_BxK.any(-1, keepdims=True), encoded, z)
     return z, tokens, real, cache
 
