@@ -212,6 +212,14 @@ class EvalConfig:
     long_sampler: str = "ddpm"
     long_steps: int = 64
     matched_entropy_gap: float = 0.5
+    # a latent_ar prior: its flow head's step budgets in the per-block table and its steps
+    # in the long texts (the energy head always takes 1 step, and sweeps the temperatures
+    # 1, 1/2, 1/3, ... as many as long_temperatures has)
+    head_steps: tuple[int, ...] = (1, 2, 4, 16)
+    head_long_steps: int = 4
+    # BrierLM (ldlm/eval/brier.py): test prefixes, each continued twice by every system
+    # that continues a text
+    brier_prefixes: int = 256
     seed: int = 0
 
 
@@ -349,11 +357,14 @@ class Config:
         ev = self.eval
         for key, budgets in (("dit.sample_steps", t.sample_steps), ("eval.steps", ev.steps),
                              ("eval.guidance_steps", (ev.guidance_steps,)),
-                             ("eval.long_steps", (ev.long_steps,))):
+                             ("eval.long_steps", (ev.long_steps,)),
+                             ("eval.head_steps", ev.head_steps),
+                             ("eval.head_long_steps", (ev.head_long_steps,))):
             if not budgets or not all(1 <= b <= 1000 for b in budgets):
                 raise ConfigError(f"{key}={_text(budgets)} must be step counts in 1..1000")
-        if ev.num_samples < 1:
-            raise ConfigError(f"eval.num_samples={ev.num_samples} must be at least 1")
+        if ev.num_samples < 1 or ev.brier_prefixes < 1:
+            raise ConfigError(f"eval.num_samples={ev.num_samples} and eval.brier_prefixes="
+                              f"{ev.brier_prefixes} must be at least 1")
         if not ev.samplers or not ev.guidance_scales:
             raise ConfigError("eval.samplers and eval.guidance_scales must not be empty")
         a = self.ar

@@ -37,6 +37,12 @@ def test_eval_scores_every_system_and_writes_table_and_plot(tiny_dit, tiny_cfg):
     assert set(report["topic_accuracy"]) == {"real_test_blocks", "guidance_0",
                                              "guidance_2"}
     _check_matched_entropy(report["matched_entropy"], tiny_cfg)
+    brier_lm = report["brier_lm"]  # the tiny DiT has context: both systems continue
+    assert brier_lm["prefixes"] >= 1
+    for system in ("AR baseline", "ldlm"):
+        b = brier_lm[system]
+        assert b["prefixes"] == brier_lm["prefixes"] and 0 <= b["brier_lm"] <= 100
+        assert all(-1 <= b[f"brier_{k}"] <= 2 for k in range(1, 5))
     out = run_dir / "eval"
     assert json.loads((out / "results.json").read_text())["num_samples"] == 8
     assert (out / "quality_vs_steps.png").stat().st_size > 10_000

@@ -59,3 +59,26 @@ def test_topic_classifier_separates_disjoint_vocabularies():
     labels = [0] * 50 + [1] * 50
     clf = metrics.TopicClassifier(vocab_size=20).fit(seqs, labels)
     assert clf.accuracy([[1, 2, 3], [15, 16]], [0, 1]) == 1.0
+
+
+def test_brier_lm_of_a_toy_model_matches_its_closed_form():
+    """Tokens drawn independently from p (the model) and q (the data): the expected Brier-n
+    is 2 (sum p q)^n - (sum p^2)^n."""
+    from ldlm.eval.brier import brier, brier_lm
+
+    assert brier([1, 2], [1, 3], [1, 2], 2) == 1 + 0 - 0
+    assert brier([1, 2], [1, 2], [1, 2], 2) == 1 + 1 - 1
+    assert brier([5, 2], [5, 2], [1, 2], 1) == 0 + 0 - 1
+    p, q = np.array([0.5, 0.3, 0.2]), np.array([0.6, 0.3, 0.1])
+    rng = np.random.default_rng(0)
+    P = 40_000
+    x1, x2 = (rng.choice(3, size=(P, 4), p=p) for _ in range(2))
+    y = rng.choice(3, size=(P, 4), p=q)
+    got = brier_lm(x1.tolist(), x2.tolist(), y.tolist())
+    want = [2 * (p @ q) ** n - (p @ p) ** n for n in range(1, 5)]
+    for n in range(1, 5):
+        assert got[f"brier_{n}"] == pytest.approx(want[n - 1], abs=0.015)
+    assert got["brier_lm"] == pytest.approx(100 * np.prod(want) ** 0.25, rel=0.05)
+    # a model with the data's own distribution scores higher (a proper score)
+    right1, right2 = (rng.choice(3, size=(P, 4), p=q) for _ in range(2))
+    assert brier_lm(right1.tolist(), right2.tolist(), y.tolist())["brier_lm"] > got["brier_lm"]

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ldlm.config import Config
+from ldlm.config import Config, EvalConfig
 from ldlm.diffusion.spec import SamplingSpec
 
 # generate: texts from noise; continue: after a prompt; infill: between two texts; edit:
@@ -69,6 +69,24 @@ class LatentSampler:
         if op not in self.OPERATIONS:
             return f"the {self.kind} prior does not support it"
         return None
+
+    # ------------------------------------------------------------------ evaluation sweeps
+    def table_settings(self, e: EvalConfig) -> list[tuple[str, int, str]]:
+        """(sampler, steps, label) of each setting `make eval`'s per-block table runs (label:
+        the sampler's name in the table)."""
+        return [(s, n, s) for s in e.samplers for n in e.steps]
+
+    def long_settings(self, e: EvalConfig) -> tuple[str, int, tuple[float, ...]]:
+        """(sampler, steps, temperatures) of the long texts at matched entropy."""
+        return e.long_sampler, e.long_steps, tuple(e.long_temperatures)
+
+    def guidance_settings(self, e: EvalConfig) -> tuple[str, int, tuple[float, ...]]:
+        """(sampler, steps, guidance scales) of the topic-accuracy sweep."""
+        return e.guidance_sampler, e.guidance_steps, tuple(e.guidance_scales)
+
+    def sample_budgets(self, steps) -> list[int]:
+        """The step budgets among `steps` this prior can sample with (the stage's dumps)."""
+        return list(steps)
 
     def guided(self, labels_B: np.ndarray, spec: SamplingSpec) -> bool:
         """Classifier-free guidance changes the output (a batch of 2B rows)."""

@@ -39,14 +39,15 @@ def sample_dump_hook(cfg: Config, run_dir, vae: TextVAE, per_label: int = 1):
             labels or [None] * n,
             pipe.generate(n=n, steps=b, sampler="ddim", label=labels, seed=cfg.seed,
                           num_blocks=pipe.sampler.blocks_without_history))]
-            for b in budgets}
+            for b in pipe.sampler.sample_budgets(budgets)}
         if rundir.is_main_process():
             out_dir.mkdir(parents=True, exist_ok=True)
             rundir.write_json_atomic(out_dir / f"step_{step}.json", result)
         final = step == cfg.dit_train.steps
-        for sample in result[str(budgets[-1])][:None if final else 1]:
-            log.info("step %d sample (%d DDIM steps, %s): %r", step, budgets[-1],
-                     sample["label"], sample["text"])
+        last = list(result)[-1]
+        for sample in result[last][:None if final else 1]:
+            log.info("step %d sample (%s steps, %s): %r", step, last, sample["label"],
+                     sample["text"])
 
     return hook
 

@@ -6,7 +6,11 @@ Two comparisons, every gen-PPL under the scorer of `eval.reference` (the referen
   tokens from each system over a temperature sweep, gen-PPL read at real text's unigram
   entropy and `eval.matched_entropy_gap` below it, and the ratio ldlm / AR there;
 - the per-block table (ldlm/eval/compare.py): one block per sample at every sampler and step
-  budget, with MAUVE, diversity, memorisation, speed and topic accuracy.
+  budget, with MAUVE, diversity, memorisation, speed and topic accuracy;
+- BrierLM (ldlm/eval/brier.py), no scorer needed: the AR baseline and, where the prior
+  continues a text, ldlm, on the same test prefixes.
+The sampler settings each sweep uses are the prior kind's (`table_settings`,
+`long_settings`, `guidance_settings` of its sampler: a latent_ar prior's head takes its own).
 Writes eval/results.json and eval/quality_vs_steps.png."""
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ldlm import rundir
 from ldlm.config import Config
 from ldlm.data.tokenizer import EOS_ID, through_eos
 from ldlm.errors import ConfigError
-from ldlm.eval import compare, long_texts
+from ldlm.eval import brier, compare, long_texts
 from ldlm.eval import sample_metrics as metrics
 from ldlm.inference.causal_lm import load_causal_lm
 from ldlm.inference.generation import LatentDiffusionPipeline
@@ -81,21 +85,25 @@ def run_eval(cfg: Config, run_dir) -> dict:
                  **_baseline_score(ar_seqs, scorers)})
     log.info("AR baseline: %s", compare.brief(rows[-1]))
 
-    for sampler in e.samplers:
-        for i, steps in enumerate(e.steps):
-            # the step count is traced: one compile per sampler serves every budget
-            seqs, seconds = compare.timed(lambda: pipe.generate_tokens(
-                n=n, steps=steps, sampler=sampler, seed=e.seed, temperature=e.temperature),
-                warm_up=i == 0)
-            rows.append({"system": "ldlm", "sampler": sampler, "steps": steps,
-                         "temperature": e.temperature, "seconds_per_block": seconds / n,
-                         **compare.quality(seqs, ref, real_features, train_8grams),
-                         **_baseline_score(seqs, scorers)})
-            log.info("ldlm %s %d steps: %s", sampler, steps, compare.brief(rows[-1]))
+    temperature = e.temperature
+    warmed = set()
+    for sampler, steps, label in pipe.sampler.table_settings(e):
+        # the step count is traced: one compile per sampler serves every budget
+        seqs, seconds = compare.timed(lambda: pipe.generate_tokens(
+            n=n, steps=steps, sampler=sampler, seed=e.seed, temperature=temperature),
+            warm_up=sampler not in warmed)
+        warmed.add(sampler)
+        rows.append({"system": "ldlm", "sampler": label, "steps": steps,
+                     "temperature": temperature, "seconds_per_block": seconds / n,
+                     **compare.quality(seqs, ref, real_features, train_8grams),
+                     **_baseline_score(seqs, scorers)})
+        log.info("ldlm %s %d steps: %s", label, steps, compare.brief(rows[-1]))
 
     topic = _topic_accuracy(pipe, classifier, e, real, real_labels, pick)
     matched = _matched_entropy(cfg, run_dir, pipe, ar, scorers)
+    brier_lm = _brier(cfg, run_dir, pipe, ar)
     report = {"reference_lm": ref_name, "scorer": primary, "matched_entropy": matched,
+              "brier_lm": brier_lm,
               "ldlm_temperature": e.temperature,
               "num_samples": n, "block_len": L, "device": jax.devices()[0].device_kind,
               "table": rows, "topic_accuracy": topic,
@@ -163,9 +171,10 @@ def _matched_entropy(cfg: Config, run_dir, pipe, ar, scorers: dict) -> dict:
             lambda: writer.texts(n, tokens, jax.random.PRNGKey(e.seed), T))
         rows.append({"system": "AR baseline", "temperature": T, "seconds": seconds,
                      **long_texts.text_row(texts, scorers)})
-    for i, T in enumerate(e.long_temperatures):
+    sampler, steps, temperatures = pipe.sampler.long_settings(e)
+    for i, T in enumerate(temperatures):
         texts, seconds = compare.timed(lambda: pipe.generate_tokens(
-            n=n, steps=e.long_steps, sampler=e.long_sampler, seed=e.seed, max_tokens=tokens,
+            n=n, steps=steps, sampler=sampler, seed=e.seed, max_tokens=tokens,
             temperature=T), warm_up=i == 0)
         rows.append({"system": "ldlm", "temperature": T, "seconds": seconds,
                      **long_texts.text_row(texts, scorers)})
@@ -186,10 +195,34 @@ def _matched_entropy(cfg: Config, run_dir, pipe, ar, scorers: dict) -> dict:
         log.info("gen-PPL at unigram entropy %.2f: ldlm %s, AR baseline %s, ratio %s", h,
                  _fmt(ppl["ldlm"][k]), _fmt(ppl["AR baseline"][k]),
                  _fmt(ratios[primary][k], "{:.2f}"))
-    return {"tokens": tokens, "num_samples": n, "sampler": e.long_sampler,
-            "steps": e.long_steps, "ar_top_p": cfg.ar.top_p, "scorer": primary,
+    return {"tokens": tokens, "num_samples": n, "sampler": sampler,
+            "steps": steps, "ar_top_p": cfg.ar.top_p, "scorer": primary,
             "entropies": entropies, "gen_ppl_at_entropy": at, "ratio_ldlm_to_ar": ratios,
             "rows": rows}
+
+
+def _brier(cfg: Config, run_dir, pipe, ar) -> dict:
+    """BrierLM (ldlm/eval/brier.py) of the AR baseline and, where its prior continues a
+    text, of ldlm (at temperature 1, the long texts' sampler and steps), on the same test
+    prefixes."""
+    e = cfg.eval
+    prefixes, truths = brier.held_out_prefixes(run_dir, e.brier_prefixes, e.seed)
+    out = {"prefixes": len(prefixes), "orders": brier.ORDERS,
+           "AR baseline": brier.score(brier.ar_continuer(
+               ar, pipe.vae.block_len, jax.random.PRNGKey(e.seed)), prefixes, truths)}
+    if pipe.has_context:
+        sampler, steps, _ = pipe.sampler.long_settings(e)
+        decode = pipe.vae.tokenizer.decode
+        out["ldlm"] = brier.score(lambda ps: pipe.generate_tokens(
+            n=len(ps), steps=steps, sampler=sampler, seed=e.seed, temperature=1.0,
+            max_tokens=brier.ORDERS, prompt=[decode(p) for p in ps]), prefixes, truths)
+    for system in ("AR baseline", "ldlm"):
+        if system in out and out[system]["prefixes"]:
+            log.info("BrierLM of %s: %.2f (Brier-1..4: %s) over %d test prefixes", system,
+                     out[system]["brier_lm"], ", ".join(
+                         f"{out[system][f'brier_{k}']:.3f}" for k in range(1, 5)),
+                     len(prefixes))
+    return out
 
 
 def _fmt(x, spec: str = "{:.0f}") -> str:
@@ -206,10 +239,11 @@ def _topic_accuracy(pipe, classifier, e, real, real_labels, pick) -> dict:
     per = max(1, e.num_samples // len(names))
     labels = [name for name in names for _ in range(per)]
     truth = [names.index(x) for x in labels]
-    for scale in e.guidance_scales:
-        seqs = pipe.generate_tokens(n=len(labels), steps=e.guidance_steps,
-                                    sampler=e.guidance_sampler, label=labels, guidance=scale,
-                                    seed=e.seed, temperature=e.temperature)
+    sampler, steps, scales = pipe.sampler.guidance_settings(e)
+    for scale in scales:
+        seqs = pipe.generate_tokens(n=len(labels), steps=steps, sampler=sampler,
+                                    label=labels, guidance=scale, seed=e.seed,
+                                    temperature=e.temperature)
         out[f"guidance_{scale:g}"] = classifier.accuracy(seqs, truth)
         log.info("topic accuracy at guidance %g: %.3f", scale, out[f"guidance_{scale:g}"])
     return out

@@ -160,6 +160,23 @@ class LatentARSampler(LatentSampler):
     def describe(self) -> str:
         return f"latent_ar {self.head}"
 
+    # the heads take no diffusion sampler: its name in a SamplingSpec is ignored
+    def table_settings(self, e):
+        return [("dpm++", n, self.head) for n in self.sample_budgets(e.head_steps)]
+
+    def long_settings(self, e):
+        if self.head == "energy":
+            return "dpm++", 1, tuple(1.0 / n for n in range(1, len(e.long_temperatures) + 1))
+        return "dpm++", e.head_long_steps, tuple(e.long_temperatures)
+
+    def guidance_settings(self, e):
+        if self.head == "energy":  # no guidance: the labels alone
+            return "dpm++", 1, (1.0,)
+        return "dpm++", e.head_long_steps, tuple(e.guidance_scales)
+
+    def sample_budgets(self, steps):
+        return [1] if self.head == "energy" else list(steps)
+
     def check(self, spec: SamplingSpec, labels_B: np.ndarray) -> int:
         """n of the energy head's temperature 1/n (1 for the flow head); PipelineError for
         settings the head cannot take."""
