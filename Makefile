@@ -10,7 +10,8 @@ EXP ?= bbc_news
 PRESET ?= cpu
 RUN ?= $(EXP)_$(PRESET)
 SET ?=
-STEPS ?= 16
+# STEPS empty: the prior's own step count (16 for a diffusion prior, 1 for an energy head)
+STEPS ?=
 N ?= 8
 SAMPLER ?= dpm++
 SAMPLE_ARGS ?=
@@ -94,11 +95,11 @@ $(DIT_DONE): | $(LATENTS_DONE)
 
 # e.g. make sample STEPS=64 N=4 SAMPLE_ARGS="--label sports --guidance 2"
 sample: | $(DIT_DONE)
-	$(LDLM) sample --run-dir $(RUN_DIR) --steps $(STEPS) -n $(N) \
+	$(LDLM) sample --run-dir $(RUN_DIR) $(if $(STEPS),--steps $(STEPS)) -n $(N) \
 		--sampler $(SAMPLER) --max-tokens $(MAX_TOKENS) $(SAMPLE_ARGS)
 
 sample-prompt: | $(DIT_DONE)
-	$(LDLM) sample --run-dir $(RUN_DIR) --steps $(STEPS) -n 2 \
+	$(LDLM) sample --run-dir $(RUN_DIR) $(if $(STEPS),--steps $(STEPS)) -n 2 \
 		--sampler $(SAMPLER) --max-tokens $(MAX_TOKENS) --prompt "$(PROMPT)" $(SAMPLE_ARGS)
 
 ar: | $(TOKENIZER_DONE)

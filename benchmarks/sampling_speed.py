@@ -2,7 +2,8 @@
 --tokens tokens, per prior, step budget and batch size, in one run.
 
 Each --runs entry is a run with a trained prior (a block-causal one is labelled with its
-block size G, the per-block DiT "block"); `generate_tokens(max_tokens=--tokens)` is timed
+block size G, the per-block DiT "block", a latent_ar one with its head: an energy head takes
+1 step only, a flow head each budget); `generate_tokens(max_tokens=--tokens)` is timed
 end to end (denoising, KV-cache commits and VAE decoding to token ids; compilation excluded
 by a warm-up call), median of --repeats calls. The AR baseline of --baseline-run (`make ar`)
 writes the same number of tokens with its KV cache, block after block of its context
@@ -55,7 +56,7 @@ def main() -> None:
                                                                                     None)
         for run, pipe in pipes.items():
             name = prior_name(pipe)
-            for steps in budgets:
+            for steps in pipe.sampler.sample_budgets(budgets):  # an energy head: 1
                 seconds, tps = time_ldlm(pipe, B, steps, args.tokens, args.sampler,
                                          args.repeats)
                 ratio = f"{tps / ar_tps:>8.2f}" if ar_tps else f"{'-':>8}"

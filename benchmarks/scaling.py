@@ -53,7 +53,21 @@ LDLM_STAGES = (("vae", "vae/eval.json", ("vae_train",)),
                ("latents", "latents/meta.json", ()),
                ("decoder", "decoder/eval.json", ("decoder_train",)),
                ("dit", "dit/result.json", ("dit_train",)))
+CHUNK_STAGES = (("vae", "vae/eval.json", ("vae_train",)),  # no seam decoder
+                ("latents", "latents/meta.json", ()),
+                ("dit", "dit/result.json", ("dit_train",)))
 AR_STAGES = (("ar", "ar/result.json", ("ar_train",)),)
+BASELINE = "AR baseline"
+# system -> (experiment, or None for --exp; its run directory's suffix; stages; overrides).
+# "ldlm" is the preset's system (block-causal prior); the latent_ar systems train a chunk
+# autoencoder and the latent-autoregressive prior at the same training FLOPs
+SYSTEMS = {
+    "ldlm": (None, "", LDLM_STAGES, []),
+    "latent_ar": ("bbc_news_latent_ar", "_latent_ar", CHUNK_STAGES, []),
+    "latent_ar flow": ("bbc_news_latent_ar", "_latent_ar_flow", CHUNK_STAGES,
+                       ["dit.head=flow"]),
+    BASELINE: (None, "", AR_STAGES, []),
+}
 
 
 def main() -> None:
@@ -75,42 +89,59 @@ def main() -> None:
                    help="read the curves at real text's entropy and these many nats below")
     p.add_argument("--results", default="benchmarks/results/scaling.json")
     p.add_argument("--plot", default="benchmarks/results/scaling.png")
+    p.add_argument("--head-steps", type=int, default=4, help="a flow head's steps")
+    p.add_argument("--systems", default="ldlm,AR baseline",
+                   help=f"comma-separated, of {', '.join(SYSTEMS)}")
+    p.add_argument("--brier-prefixes", type=int, default=256,
+                   help="test prefixes of each point's BrierLM (0: none)")
     p.add_argument("--train-only", action="store_true", help="train, do not score")
     args = p.parse_args()
 
-    from ldlm.config import preset_config
+    from ldlm.config import load_experiment
 
     base = pathlib.Path(args.base)
-    cfg = preset_config(args.preset)
+    systems = [x.strip() for x in args.systems.split(",")]
+    unknown = [x for x in systems if x not in SYSTEMS]
+    if unknown:
+        p.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
     results_path = pathlib.Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("points", [])
     results["args"] = {k: v for k, v in vars(args).items() if k != "train_only"}
-    sweeps = {"ldlm": [float(t) for t in args.temperatures.split(",")],
-              "AR baseline": [float(t) for t in args.ar_temperatures.split(",")]}
+    ldlm_temps = [float(t) for t in args.temperatures.split(",")]
+    ar_temps = [float(t) for t in args.ar_temperatures.split(",")]
     scorer = None
     for f in sorted(float(b) for b in args.budgets.split(",")):
-        run = pathlib.Path(args.out_dir) / f"f{f:g}"
-        sets = budget_sets(cfg, f)
-        for system, stages in (("ldlm", LDLM_STAGES), ("AR baseline", AR_STAGES)):
-            wall = train(run, base, stages, sets, args)
+        for system in systems:
+            exp, suffix, stages, extra = SYSTEMS[system]
+            cfg = load_experiment(exp or args.exp, args.preset, extra)
+            run = pathlib.Path(args.out_dir) / f"f{f:g}{suffix}"
+            sets = extra + budget_sets(cfg, f)
+            wall = train(run, base, stages, sets, args, exp or args.exp)
             if args.train_only:
                 continue
             point = next((pt for pt in results["points"] if pt["system"] == system and
                           pt["budget"] == f), None)
             if point is None:
                 point = {"system": system, "budget": f, "train_wall_s": wall,
-                         **compute(run, system, cfg, sets), "rows": []}
+                         **compute(run, system, cfg.override(sets)), "rows": []}
                 results["points"].append(point)
             point["train_wall_s"] = wall
-            todo = [T for T in sweeps[system] if T not in {r["temperature"] for r in
-                                                           point["rows"]}]
-            if not todo:
-                continue
-            scorer = scorer or load_scorer(base)
-            results["real_text"] = results.get("real_text") or real_row(base, scorer, args)
-            point["rows"] += score(run, system, scorer, todo, args)
-            write_json(results_path, results)
+            writer = None
+            sweep = ar_temps if system == BASELINE else ldlm_temps
+            if system != BASELINE:
+                writer = LatentWriter(run, args)
+                sweep = writer.temperatures(sweep)
+            todo = [T for T in sweep if T not in {r["temperature"] for r in point["rows"]}]
+            if todo:
+                scorer = scorer or load_scorer(base)
+                results["real_text"] = results.get("real_text") or real_row(base, scorer,
+                                                                            args)
+                point["rows"] += score(run, system, scorer, todo, args, writer)
+                write_json(results_path, results)
+            if args.brier_prefixes and "brier" not in point:
+                point["brier"] = brier_point(base, run, system, args, writer)
+                write_json(results_path, results)
     if args.train_only:
         return
     summarise(results, args)
@@ -134,7 +165,7 @@ def budget_sets(cfg, f: float) -> list[str]:
     return out
 
 
-def train(run: pathlib.Path, base: pathlib.Path, stages, sets, args) -> float:
+def train(run: pathlib.Path, base: pathlib.Path, stages, sets, args, exp: str) -> float:
     """Runs each unfinished stage of `stages` in `run` (data and tokenizer linked from
     --base); the wall seconds its stages took by their own records."""
     run.mkdir(parents=True, exist_ok=True)
@@ -145,7 +176,7 @@ def train(run: pathlib.Path, base: pathlib.Path, stages, sets, args) -> float:
     for stage, done, _ in stages:
         if (run / done).exists():
             continue
-        cmd = [str(ldlm), stage, "--exp", args.exp, "--preset", args.preset,
+        cmd = [str(ldlm), stage, "--exp", exp, "--preset", args.preset,
                "--run-dir", str(run)] + [x for s in sets for x in ("--set", s)]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
@@ -156,24 +187,25 @@ def train(run: pathlib.Path, base: pathlib.Path, stages, sets, args) -> float:
     return seconds
 
 
-def compute(run: pathlib.Path, system: str, cfg, sets) -> dict:
-    """Training FLOPs of the system at this budget, and epochs over the training blocks."""
+def compute(run: pathlib.Path, system: str, c) -> dict:
+    """Training FLOPs of the system at this budget (config `c`), and epochs over the
+    training blocks."""
     from ldlm import priors
     from ldlm.flops import train_flops
 
-    c = cfg.override(sets)
     meta = json.loads((run / "tokenizer" / "stats.json").read_text())
     vocab = json.loads((run / "tokenizer" / "blocks" / "meta.json").read_text())["vocab_size"]
     train_blocks = meta["splits"]["train"]["blocks"]
     B = c.data.batch_size
     parts = {}
-    if system == "ldlm":
+    if system != BASELINE:
         parts["vae"] = train_flops("vae", c, vocab, B) * c.vae_train.steps
         encoded = sum(json.loads((run / "latents" / "meta.json").read_text())["blocks"]
                       .values())
         from ldlm.flops import forward_flops
         parts["latents"] = forward_flops("encoder", c, vocab, 1) * encoded
-        parts["decoder"] = train_flops("decoder", c, vocab, B) * c.decoder_train.steps
+        if c.vae.kind == "block":  # the seam decoder
+            parts["decoder"] = train_flops("decoder", c, vocab, B) * c.decoder_train.steps
         kind = priors.get(c)
         parts["dit"] = kind.train_flops(c, B) * c.dit_train.steps
         epochs = {"vae": c.vae_train.steps * B / train_blocks,
@@ -192,21 +224,40 @@ def load_scorer(base: pathlib.Path):
     return ReferenceLM(model, ref_cfg.data.block_len)
 
 
-def score(run: pathlib.Path, system: str, scorer, temps, args) -> list[dict]:
+class LatentWriter:
+    """A latent system's trained pipeline with the sampler settings its kind takes for the
+    long texts (`long_settings`: --sampler/--steps for a diffusion prior, --head-steps for
+    a flow head, the temperatures 1, 1/2, 1/3, ... for an energy head)."""
+
+    def __init__(self, run: pathlib.Path, args):
+        from ldlm.config import EvalConfig
+        from ldlm.inference.generation import LatentDiffusionPipeline
+
+        self.pipe = LatentDiffusionPipeline.from_pretrained(run)
+        e = EvalConfig(long_sampler=args.sampler, long_steps=args.steps,
+                       head_long_steps=args.head_steps,
+                       long_temperatures=tuple(float(t) for t in
+                                               args.temperatures.split(",")))
+        self.sampler, self.steps, self._temps = self.pipe.sampler.long_settings(e)
+
+    def temperatures(self, requested) -> list[float]:
+        return list(self._temps)
+
+    def texts(self, n: int, tokens: int, T: float, prompt=None):
+        return self.pipe.generate_tokens(n=n, steps=self.steps, sampler=self.sampler, seed=0,
+                                         max_tokens=tokens, temperature=T, prompt=prompt)
+
+
+def score(run: pathlib.Path, system: str, scorer, temps, args, writer=None) -> list[dict]:
     """One row per temperature: the texts' metrics under the reference LM."""
     import jax
 
     from ldlm.eval import long_texts
 
     rows = []
-    if system == "ldlm":
-        from ldlm.inference.generation import LatentDiffusionPipeline
-
-        pipe = LatentDiffusionPipeline.from_pretrained(run)
-
+    if system != BASELINE:
         def write(T):
-            return pipe.generate_tokens(n=args.n, steps=args.steps, sampler=args.sampler,
-                                        seed=0, max_tokens=args.tokens, temperature=T)
+            return writer.texts(args.n, args.tokens, T)
     else:
         from ldlm.inference.causal_lm import load_causal_lm
 
@@ -227,6 +278,32 @@ def score(run: pathlib.Path, system: str, scorer, temps, args) -> list[dict]:
     return rows
 
 
+def brier_point(base: pathlib.Path, run: pathlib.Path, system: str, args, writer) -> dict:
+    """BrierLM (ldlm/eval/brier.py) of the system on --brier-prefixes test prefixes; a latent
+    system at temperature 1 with its long texts' steps (a prior that cannot continue a text
+    has none)."""
+    import jax
+
+    from ldlm.eval import brier
+
+    prefixes, truths = brier.held_out_prefixes(base, args.brier_prefixes)
+    if system == BASELINE:
+        from ldlm.inference.causal_lm import load_causal_lm
+
+        model, cfg = load_causal_lm(run, "ar")
+        fn = brier.ar_continuer(model, cfg.data.block_len, jax.random.PRNGKey(0))
+    elif writer.pipe.has_context:
+        decode = writer.pipe.vae.tokenizer.decode
+
+        def fn(ps):
+            return writer.texts(len(ps), brier.ORDERS, 1.0, [decode(p) for p in ps])
+    else:
+        return {"prefixes": 0}
+    out = brier.score(fn, prefixes, truths)
+    print(f"{run.name} {system}: BrierLM {out['brier_lm']:.2f}", flush=True)
+    return out
+
+
 def real_row(base: pathlib.Path, scorer, args) -> dict:
     from ldlm.eval import long_texts
 
@@ -245,16 +322,29 @@ def summarise(results: dict, args) -> None:
     results["entropies"] = entropies
     for pt in results["points"]:
         pt["matched"] = long_texts.matched(pt["rows"], entropies, "gen_ppl_reference")
+    latent = latent_systems(results)
     results["fits"] = {}
     for k in entropies:
         fits = {s: fit_line([(p["flops"], p["matched"][k]) for p in results["points"]
                              if p["system"] == s and p["matched"][k]])
-                for s in ("ldlm", "AR baseline")}
-        results["fits"][k] = {**fits, "meet": meeting_point(fits["ldlm"], fits["AR baseline"])}
-    results["at_ldlm_entropy"] = at_ldlm_entropy(results)
+                for s in latent + [BASELINE]}
+        # "meet": the preset's system (ldlm) and the baseline; "meet <system>" the others
+        meets = {("meet" if s == "ldlm" else f"meet {s}"): meeting_point(fits[s],
+                                                                         fits[BASELINE])
+                 for s in latent}
+        results["fits"][k] = {**fits, **meets}
+    results["at_own_entropy"] = {s: at_ldlm_entropy(results, s) for s in latent}
+    if "ldlm" in results["at_own_entropy"]:
+        results["at_ldlm_entropy"] = results["at_own_entropy"]["ldlm"]
 
 
-def at_ldlm_entropy(results: dict) -> dict:
+def latent_systems(results: dict) -> list[str]:
+    """The systems of the points other than the baseline, the preset's (ldlm) first."""
+    names = {p["system"] for p in results["points"]} - {BASELINE}
+    return sorted(names, key=lambda s: (s != "ldlm", s))
+
+
+def at_ldlm_entropy(results: dict, system: str = "ldlm") -> dict:
     """Per ldlm budget: the unigram entropy and gen-PPL of its texts at temperature 1, the
     baseline's gen-PPL at that entropy and at ldlm's training FLOPs (each baseline budget's
     sweep read at that entropy, then the line fitted through them read at those FLOPs), and
@@ -262,9 +352,9 @@ def at_ldlm_entropy(results: dict) -> dict:
     compares at matched entropy even where ldlm's temperature barely moves its entropy."""
     from ldlm.eval.sample_metrics import value_at_entropy
 
-    ar_points = [p for p in results["points"] if p["system"] == "AR baseline"]
+    ar_points = [p for p in results["points"] if p["system"] == BASELINE]
     rows = []
-    for p in sorted((p for p in results["points"] if p["system"] == "ldlm"),
+    for p in sorted((p for p in results["points"] if p["system"] == system),
                     key=lambda p: p["flops"]):
         own = next((r for r in p["rows"] if r["temperature"] == 1.0), None)
         if own is None:
@@ -335,26 +425,31 @@ def plot(results: dict, path) -> None:
     n = 1 + len(results["entropies"])
     fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
     ax, axes = axes[0][0], axes[0][1:]
-    own = results["at_ldlm_entropy"]
-    pts = [(r["flops"], r["ratio"], r["unigram_entropy"]) for r in own["rows"] if r["ratio"]]
-    if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="ldlm / AR baseline")
+    latent = latent_systems(results)
+    for system in latent:
+        own = results["at_own_entropy"][system]
+        pts = [(r["flops"], r["ratio"], r["unigram_entropy"]) for r in own["rows"]
+               if r["ratio"]]
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-",
+                label=f"{system} / AR baseline")
         for x, y, h in pts:
             ax.annotate(f"H {h:.2f}", (x, y), fontsize=7)
         if own["fit"]:
             f = own["fit"]
             xs = np.logspace(np.log10(pts[0][0]) - 0.5, np.log10(pts[-1][0]) + 2, 20)
             ax.plot(xs, 10 ** (f["a"] + f["b"] * np.log10(xs)), ":",
-                    label=f"fit, slope {f['b']:.2f}")
+                    color=ax.lines[-1].get_color(), label=f"fit, slope {f['b']:.2f}")
     ax.axhline(1.0, color="k", linestyle="--", label="parity")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("ldlm's training FLOPs")
-    ax.set_ylabel("gen-PPL ratio at ldlm's entropy and FLOPs")
-    ax.set_title("ldlm / AR baseline (temperature 1)", fontsize=9)
+    ax.set_xlabel("training FLOPs of the latent system")
+    ax.set_ylabel("gen-PPL ratio at its entropy and FLOPs")
+    ax.set_title("latent system / AR baseline (temperature 1)", fontsize=9)
     ax.legend(fontsize=8)
     for ax, (k, h) in zip(axes, results["entropies"].items()):
-        for system, style in (("ldlm", "o-"), ("AR baseline", "s-")):
+        for system, style in [(s, "o-") for s in latent] + [(BASELINE, "s-")]:
             pts = sorted((p["flops"], p["matched"][k]) for p in results["points"]
                          if p["system"] == system and p["matched"][k])
             if pts:
@@ -383,41 +478,53 @@ def markdown(results: dict) -> str:
     ks = list(results["entropies"])
     hs = results["entropies"]
     out = ["| system | budget | training FLOPs | epochs | " +
-           " | ".join(f"gen-PPL at H={hs[k]:.2f}" for k in ks) + " |",
-           "|---|---|---|---|" + "---|" * len(ks)]
+           " | ".join(f"gen-PPL at H={hs[k]:.2f}" for k in ks) + " | BrierLM |",
+           "|---|---|---|---|" + "---|" * len(ks) + "---|"]
     for p in sorted(results["points"], key=lambda p: (p["system"], p["budget"])):
         ep = ", ".join(f"{k} {v:.2f}" for k, v in p["epochs"].items())
+        b = p.get("brier", {})
+        brier = f"{b['brier_lm']:.2f}" if b.get("prefixes") else "-"
         out.append(f"| {p['system']} | {p['budget']:g}x | {p['flops']:.2e} | {ep} | " +
                    " | ".join("-" if p["matched"][k] is None else f"{p['matched'][k]:.0f}"
-                              for k in ks) + " |")
+                              for k in ks) + f" | {brier} |")
     for k in ks:
-        fits = results["fits"][k]
-        parts = []
-        for s in ("ldlm", "AR baseline"):
-            f = fits[s]
-            if f:
-                se = "" if f["b_se"] is None else f" ± {f['b_se']:.2f}"
-                parts.append(f"{s} slope {f['b']:.3f}{se}")
-        m = fits["meet"]
-        if m and m.get("converge"):
-            meet = f"lines meet at 1e{m['log10_flops']:.1f} FLOPs"
-            if "log10_flops_median" in m:
-                meet += (f" (draws: {100 * m['fraction_converging']:.0f}% converge, median "
-                         f"1e{m['log10_flops_median']:.1f}, 16-84% 1e{m['log10_flops_16']:.1f}"
-                         f"-1e{m['log10_flops_84']:.1f})")
-        elif m:
-            meet = "lines do not converge"
-            if "fraction_converging" in m:
-                meet += f" ({100 * m['fraction_converging']:.0f}% of draws do)"
-        else:
-            meet = "too few points to fit"
-        out.append(f"\nAt H={hs[k]:.2f}: " + "; ".join(parts) + f"; {meet}.")
+        for system in latent_systems(results):
+            out.append(_fits_line(results, k, system))
     return "\n".join(out)
 
 
+def _fits_line(results: dict, k: str, system: str) -> str:
+    hs = results["entropies"]
+    fits = results["fits"][k]
+    parts = []
+    for s in (system, BASELINE):
+        f = fits[s]
+        if f:
+            se = "" if f["b_se"] is None else f" ± {f['b_se']:.2f}"
+            parts.append(f"{s} slope {f['b']:.3f}{se}")
+    m = fits["meet" if system == "ldlm" else f"meet {system}"]
+    if m and m.get("converge"):
+        meet = f"lines meet at 1e{m['log10_flops']:.1f} FLOPs"
+        if "log10_flops_median" in m:
+            meet += (f" (draws: {100 * m['fraction_converging']:.0f}% converge, median "
+                     f"1e{m['log10_flops_median']:.1f}, 16-84% 1e{m['log10_flops_16']:.1f}"
+                     f"-1e{m['log10_flops_84']:.1f})")
+    elif m:
+        meet = "lines do not converge"
+        if "fraction_converging" in m:
+            meet += f" ({100 * m['fraction_converging']:.0f}% of draws do)"
+    else:
+        meet = "too few points to fit"
+    return f"\nAt H={hs[k]:.2f}: " + "; ".join(parts) + f"; {meet}."
+
+
 def markdown_own(results: dict) -> str:
-    own = results["at_ldlm_entropy"]
-    out = ["| ldlm budget | training FLOPs | unigram H (T=1) | ldlm gen-PPL | AR gen-PPL at "
+    return "\n\n".join(_markdown_own(results, s) for s in latent_systems(results))
+
+
+def _markdown_own(results: dict, system: str) -> str:
+    own = results["at_own_entropy"][system]
+    out = [f"| {system} budget | training FLOPs | unigram H (T=1) | gen-PPL | AR gen-PPL at "
            "that H and FLOPs | ratio |", "|---|---|---|---|---|---|"]
     for r in own["rows"]:
         ar = "-" if r["ar_gen_ppl"] is None else f"{r['ar_gen_ppl']:.0f}"

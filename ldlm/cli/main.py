@@ -10,6 +10,7 @@ stage) are printed as one line, exit status 2. The heavy imports happen after pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
@@ -47,7 +48,9 @@ def parser() -> argparse.ArgumentParser:
                        help="config override, e.g. --set data.block_len=128 (repeatable)")
     s = sub.add_parser("sample", help="print samples and their speed from a trained run")
     s.add_argument("--run-dir", default="runs/bbc_news_cpu", help="a run with a trained DiT")
-    s.add_argument("--steps", type=int, default=16, help="denoising steps, 1 .. 1000")
+    s.add_argument("--steps", type=int, default=None,
+                   help="denoising steps, 1 .. 1000 (default: the prior's own: 16 for a "
+                        "diffusion prior, 1 for an energy head)")
     s.add_argument("--step", type=int, default=None,
                    help="the DiT checkpoint's training step (default: the newest that loads)")
     s.add_argument("-n", type=int, default=8, help="number of samples")
@@ -97,10 +100,12 @@ def run_sample(args: argparse.Namespace) -> None:
 
     setup_logging()  # warnings (a skipped damaged checkpoint) in the stages' format
     # checked before anything is loaded: a bad setting fails at once
-    spec = SamplingSpec(steps=args.steps, sampler=args.sampler, grid=args.grid, eta=args.eta,
-                        temperature=args.temperature, guidance=args.guidance,
+    spec = SamplingSpec(steps=args.steps or 16, sampler=args.sampler, grid=args.grid,
+                        eta=args.eta, temperature=args.temperature, guidance=args.guidance,
                         label=args.label, seed=args.seed)
     pipe = LatentDiffusionPipeline.from_pretrained(pathlib.Path(args.run_dir), step=args.step)
+    if args.steps is None:
+        spec = dataclasses.replace(spec, steps=pipe.sampler.default_steps)
     kwargs = dict(n=args.n, prompt=args.prompt, num_blocks=args.num_blocks,
                   max_tokens=args.max_tokens)
     start = time.perf_counter()
@@ -115,7 +120,8 @@ def run_sample(args: argparse.Namespace) -> None:
         # a sample the prior ends early (EOS) is shorter than asked: say so, or an empty
         # continuation reads as a bug
         ending = "; ended with EOS" if EOS_ID in ids else ""
-        print(f"--- sample {i} ({what}, {args.steps} steps, {args.sampler}; "
+        print(f"--- sample {i} ({what}, {spec.steps} steps, {pipe.sampler.describe()} "
+              f"{args.sampler}; "
               f"{len(ids)} tokens{ending})")
         print(text)
     tokens = sum(len(ids) for ids in samples)

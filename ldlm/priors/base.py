@@ -84,6 +84,11 @@ class LatentSampler:
         """(sampler, steps, guidance scales) of the topic-accuracy sweep."""
         return e.guidance_sampler, e.guidance_steps, tuple(e.guidance_scales)
 
+    @property
+    def default_steps(self) -> int:
+        """The step count `ldlm sample` uses when none is given."""
+        return 16
+
     def sample_budgets(self, steps) -> list[int]:
         """The step budgets among `steps` this prior can sample with (the stage's dumps)."""
         return list(steps)

@@ -174,6 +174,10 @@ class LatentARSampler(LatentSampler):
             return "dpm++", 1, (1.0,)
         return "dpm++", e.head_long_steps, tuple(e.guidance_scales)
 
+    @property
+    def default_steps(self) -> int:
+        return 1 if self.head == "energy" else self.cfg.eval.head_long_steps
+
     def sample_budgets(self, steps):
         return [1] if self.head == "energy" else list(steps)
 
