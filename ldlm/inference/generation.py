@@ -91,26 +91,29 @@ class LatentDiffusionPipeline:
         return self.sampler.missing("continue") is None
 
     # ------------------------------------------------------------------ public API
-    def generate(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
+    def generate(self, n: int = 8, steps: int | None = None, sampler: str = "dpm++",
                  guidance: float = 1.0, label: str | Sequence[str] | None = None,
                  prompt: str | Sequence[str] | None = None, num_blocks: int = 1,
                  max_tokens: int | None = None, seed: int = 0, eta: float = 0.0,
                  grid: str = "uniform", temperature: float = 1.0) -> list[str]:
         """n texts of `num_blocks` VAE blocks each, or of `max_tokens` tokens (fewer where a
         sample ends with EOS). With a prompt (one for all, or one per sample), the texts
-        continue it (the prompt itself is not repeated)."""
-        spec = self.spec(steps, sampler, grid, eta, temperature, guidance, label, seed)
+        continue it (the prompt itself is not repeated). `steps=None`: the prior's own
+        default (16 for a diffusion prior, 1 for an energy head)."""
+        spec = self.spec(self._steps(steps), sampler, grid, eta, temperature, guidance, label,
+                         seed)
         tokens = self.generate_tokens_with(spec, n=n, prompt=prompt, num_blocks=num_blocks,
                                            max_tokens=max_tokens)
         return [self.vae.tokenizer.decode(t) for t in tokens]
 
-    def generate_tokens(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
+    def generate_tokens(self, n: int = 8, steps: int | None = None, sampler: str = "dpm++",
                         guidance: float = 1.0, label=None,
                         prompt: str | Sequence[str] | None = None, num_blocks: int = 1,
                         max_tokens: int | None = None, seed: int = 0, eta: float = 0.0,
                         grid: str = "uniform", temperature: float = 1.0) -> list[list[int]]:
         """`generate` as token ids (through the first EOS, where a sample has one)."""
-        spec = self.spec(steps, sampler, grid, eta, temperature, guidance, label, seed)
+        spec = self.spec(self._steps(steps), sampler, grid, eta, temperature, guidance, label,
+                         seed)
         return self.generate_tokens_with(spec, n=n, prompt=prompt, num_blocks=num_blocks,
                                          max_tokens=max_tokens)
 
@@ -164,14 +167,15 @@ class LatentDiffusionPipeline:
         most = max_tokens if max_tokens is not None else num_blocks * self.vae.block_len
         return [t[:most] for t in tokens]
 
-    def sample_latents(self, n: int = 8, steps: int = 16, sampler: str = "dpm++",
+    def sample_latents(self, n: int = 8, steps: int | None = None, sampler: str = "dpm++",
                        guidance: float = 1.0, label=None, seed: int = 0, eta: float = 0.0,
                        grid: str = "uniform", temperature: float = 1.0,
                        num_blocks: int = 1) -> np.ndarray:
         """n normalised latent blocks, n x N x D, or with num_blocks K > 1 n texts of K
         consecutive blocks, n x K x N x D (what `generate` decodes; decode them with
         `decode`)."""
-        spec = self.spec(steps, sampler, grid, eta, temperature, guidance, label, seed)
+        spec = self.spec(self._steps(steps), sampler, grid, eta, temperature, guidance, label,
+                         seed)
         self._check_batch(n, num_blocks)
         count, chunks = num_blocks * self.N, []
         for z in self.sampler.stream(n, spec, self._labels(spec, n)):
@@ -246,6 +250,9 @@ class LatentDiffusionPipeline:
         return self.text.decode(z_BxNxD)
 
     # ------------------------------------------------------------------ checks
+    def _steps(self, steps: int | None) -> int:
+        return self.sampler.default_steps if steps is None else steps
+
     def _check_batch(self, n: int, num_blocks: int) -> None:
         _positive_int("n", n)
         _positive_int("num_blocks", num_blocks)
