@@ -65,3 +65,20 @@ jax.monitoring.register_event_duration_secs_listener(
 def compiles() -> int:
     """XLA compilations in this process so far (JAX's public monitoring events)."""
     return _COMPILES[0]
+
+
+def continuation_scores(wrote, blocks, pairs):
+    """(own, other): how much of each continuation `wrote[k]` of block pairs[k] reproduces
+    the document's next block (difflib ratio, 1: all of it in order), and the best it
+    reproduces any other pair's next block."""
+    import difflib
+
+    real = blocks["mask"]
+
+    def similarity(ids, j):
+        return difflib.SequenceMatcher(None, ids, blocks["tokens"][j][real[j]].tolist()).ratio()
+
+    own = np.array([similarity(ids, i + 1) for i, ids in zip(pairs, wrote)])
+    other = np.array([max(similarity(ids, j + 1) for j in pairs if j != i)
+                      for i, ids in zip(pairs, wrote)])
+    return own, other

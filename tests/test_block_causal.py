@@ -218,7 +218,7 @@ def test_a_tiny_prior_trained_on_a_few_documents_continues_their_text(tiny_run, 
     from ldlm.models.vae import TextVAEModel
     from ldlm.train.loop import batch_counts
     from ldlm.train.vae import vae_loss
-    from tests.helpers import fit
+    from tests.helpers import continuation_scores, fit
 
     run_dir, stats = tiny_run
     cfg = tiny_cfg.override(["vae.latent_noise_max=0.2", "dit.kind=block_causal",
@@ -255,13 +255,7 @@ def test_a_tiny_prior_trained_on_a_few_documents_continues_their_text(tiny_run, 
     prompts = [tokenizer.decode(blocks["tokens"][i][real[i]]) for i in pairs]
     wrote = pipe.generate_tokens(n=len(pairs), steps=20, sampler="ddim", prompt=prompts,
                                  num_blocks=1)
-    # how much of each block's text a continuation reproduces (1: all of it, in order)
-    def similarity(ids, j):
-        return difflib.SequenceMatcher(None, ids, blocks["tokens"][j][real[j]].tolist()).ratio()
-
-    own = np.array([similarity(ids, i + 1) for i, ids in zip(pairs, wrote)])
-    other = np.array([max(similarity(ids, j + 1) for j in pairs if j != i)
-                      for i, ids in zip(pairs, wrote)])
+    own, other = continuation_scores(wrote, blocks, pairs)
     assert np.median(own) >= 0.9 and np.mean(own >= 0.8) >= 0.75, own
     assert np.mean(own > other) >= 0.75, (own, other)  # its own next block, not any block
     # infilling: the block between two blocks of a document is the one in between

@@ -19,7 +19,7 @@ from ldlm.mesh import PARAM_RULES, make_mesh
 from ldlm.models.vae import build_vae
 from ldlm.priors.latent_ar.objective import energy_loss, energy_score, flow_loss
 from ldlm.priors.latent_ar.sampler import LatentARSampler
-from tests.helpers import fit, randomize
+from tests.helpers import continuation_scores, fit, randomize
 
 VOCAB = 1000
 
@@ -189,8 +189,6 @@ def test_energy_head_requests_it_cannot_serve_are_one_line_errors(tiny_cfg, spec
 def test_a_tiny_prior_trained_on_a_few_documents_continues_their_text(tiny_run, tiny_cfg):
     """A chunk autoencoder and a latent_ar prior overfit to the first blocks of the corpus:
     prompted with a document's block, the pipeline writes that document's next block."""
-    import difflib
-
     from ldlm.data import batches as pipeline
     from ldlm.data.tokenizer import Tokenizer
     from ldlm.inference.generation import LatentDiffusionPipeline
@@ -229,13 +227,7 @@ def test_a_tiny_prior_trained_on_a_few_documents_continues_their_text(tiny_run, 
     real = blocks["mask"]
     prompts = [tokenizer.decode(blocks["tokens"][i][real[i]]) for i in pairs]
     wrote = pipe.generate_tokens(n=len(pairs), steps=1, prompt=prompts, num_blocks=1)
-
-    def similarity(ids, j):
-        return difflib.SequenceMatcher(None, ids, blocks["tokens"][j][real[j]].tolist()).ratio()
-
-    own = np.array([similarity(ids, i + 1) for i, ids in zip(pairs, wrote)])
-    other = np.array([max(similarity(ids, j + 1) for j in pairs if j != i)
-                      for i, ids in zip(pairs, wrote)])
+    own, other = continuation_scores(wrote, blocks, pairs)
     assert np.median(own) >= 0.9 and np.mean(own >= 0.8) >= 0.75, own
     assert np.mean(own > other) >= 0.75, (own, other)  # its own next block, not any block
 

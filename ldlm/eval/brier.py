@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ldlm.data import batches
 from ldlm.data.tokenizer import EOS_ID
+from ldlm.models.ar import continue_tokens
 
 ORDERS = 4
 
@@ -87,11 +90,6 @@ def ar_continuer(model, block_len: int, key) -> Callable[[list[list[int]]], list
     """continue_fn of a causal LM whose context is `block_len` tokens (the AR baseline, as
     `ARWriter` continues a text): the start token and the prefix's last half block, then
     ORDERS tokens at temperature 1 with no nucleus cut (the model's own distribution)."""
-    import jax
-    import jax.numpy as jnp
-
-    from ldlm.models.ar import continue_tokens
-
     h = block_len // 2
     fn = jax.jit(lambda k, prefix: continue_tokens(model, prefix, ORDERS, k))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -181,3 +182,20 @@ class PriorKind:
         dit.self_cond_prob (and remat's recomputation)."""
         extra = cfg.dit.self_cond_prob + (1 if cfg.dit_train.remat else 0)
         return self.forward_flops(cfg, B) * (3 + extra)
+
+
+class WindowKind(PriorKind):
+    """A kind trained on windows of `dit.window` consecutive VAE blocks of one document
+    (`ldlm.data.latents.window_batches`)."""
+
+    def blocks_per_row(self, cfg: Config) -> int:
+        return cfg.dit.window
+
+    def synthetic_batch(self, cfg: Config, B: int, vocab: int, seed: int = 0) -> dict:
+        rng = np.random.default_rng(seed)
+        L, N, D, K = cfg.data.block_len, cfg.vae.num_latents, cfg.vae.latent_dim, cfg.dit.window
+        return {"z": jnp.asarray(rng.standard_normal((B, K * N, D)), jnp.float32),
+                "latent_mask": jnp.ones((B, K * N), bool), "label": jnp.zeros(B, jnp.int32),
+                "block_index": jnp.zeros(B, jnp.int32),
+                "tokens": jnp.asarray(rng.integers(4, vocab, (B, K, L)), jnp.int32),
+                "mask": jnp.ones((B, K, L), bool)}

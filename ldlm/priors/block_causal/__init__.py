@@ -5,21 +5,19 @@ before it; sampled block by block against a KV cache, so texts have any length
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-import numpy as np
 
 from ldlm.config import Config
 from ldlm.data import latents as latents_lib
 from ldlm.errors import ConfigError
 from ldlm.flops import block_flops
-from ldlm.priors.base import DIT_ARCHITECTURE, PriorKind
+from ldlm.priors.base import DIT_ARCHITECTURE, WindowKind
 from ldlm.priors.block_causal.model import (BlockCausalDiT, build_block_causal,
                                             diffusion_blocks)
 from ldlm.priors.block_causal.objective import block_causal_loss
 from ldlm.priors.block_causal.sampler import BlockCausalSampler
 
 
-class BlockCausal(PriorKind):
+class BlockCausal(WindowKind):
     name = "block_causal"
     architecture = DIT_ARCHITECTURE
     sampler = BlockCausalSampler
@@ -45,17 +43,6 @@ class BlockCausal(PriorKind):
              frozen=None):
         return block_causal_loss(model, batch, rng, step, train, counts=counts, cfg=cfg,
                                  decoder_graphdef=decoder_graphdef, frozen=frozen)
-
-    def blocks_per_row(self, cfg):
-        return cfg.dit.window
-
-    def synthetic_batch(self, cfg, B, vocab, seed=0):
-        rng = np.random.default_rng(seed)
-        L, N, D, K = cfg.data.block_len, cfg.vae.num_latents, cfg.vae.latent_dim, cfg.dit.window
-        return {"z": jnp.asarray(rng.standard_normal((B, K * N, D)), jnp.float32),
-                "latent_mask": jnp.ones((B, K * N), bool), "label": jnp.zeros(B, jnp.int32),
-                "tokens": jnp.asarray(rng.integers(4, vocab, (B, K, L)), jnp.int32),
-                "mask": jnp.ones((B, K, L), bool)}
 
     def forward_flops(self, cfg, B):
         """[clean | noisy] window, adaLN once per block's condition."""

@@ -6,19 +6,18 @@ light head that draws each next latent in one (energy) or a few (flow) steps
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from ldlm.config import Config
 from ldlm.data import latents as latents_lib
 from ldlm.errors import ConfigError
 from ldlm.flops import block_flops
-from ldlm.priors.base import PriorKind
+from ldlm.priors.base import WindowKind
 from ldlm.priors.latent_ar.model import BACKBONE_INPUTS, HEADS, LatentAR, build_latent_ar
 from ldlm.priors.latent_ar.objective import energy_score, latent_ar_loss
 from ldlm.priors.latent_ar.sampler import LatentARSampler
 
 
-class LatentARKind(PriorKind):
+class LatentARKind(WindowKind):
     name = "latent_ar"
     architecture = ("width", "heads", "mlp_dim", "layers", "window", "head", "head_layers",
                     "head_width", "backbone_input", "noise_dim")
@@ -71,18 +70,9 @@ class LatentARKind(PriorKind):
         return latent_ar_loss(model, batch, rng, step, train, counts=counts, cfg=cfg,
                               decoder_graphdef=decoder_graphdef, frozen=frozen)
 
-    def blocks_per_row(self, cfg):
-        return cfg.dit.window
-
     def synthetic_batch(self, cfg, B, vocab, seed=0):
-        rng = np.random.default_rng(seed)
-        L, N, D, K = cfg.data.block_len, cfg.vae.num_latents, cfg.vae.latent_dim, cfg.dit.window
-        return {"z": jnp.asarray(rng.standard_normal((B, K * N, D)), jnp.float32),
-                "sigma": jnp.full((B, K * N, D), 0.1, jnp.float32),
-                "latent_mask": jnp.ones((B, K * N), bool), "label": jnp.zeros(B, jnp.int32),
-                "block_index": jnp.zeros(B, jnp.int32),
-                "tokens": jnp.asarray(rng.integers(4, vocab, (B, K, L)), jnp.int32),
-                "mask": jnp.ones((B, K, L), bool)}
+        batch = super().synthetic_batch(cfg, B, vocab, seed)
+        return {**batch, "sigma": jnp.full(batch["z"].shape, 0.1, jnp.float32)}
 
     def forward_flops(self, cfg, B):
         """Backbone over W chunk positions, the head's condition once per position, and
