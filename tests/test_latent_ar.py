@@ -63,10 +63,10 @@ def test_each_chunk_latent_reads_only_its_own_tokens(tiny_cfg):
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("backbone_input", ["tokens", "latents", "both"])
-def test_the_backbone_is_causal(tiny_cfg, backbone_input):
-    """h_i depends on chunks < i only: changing chunk j moves positions > j and no other."""
-    cfg = _cfg(tiny_cfg, f"dit.backbone_input={backbone_input}")
+def test_the_backbone_is_causal(tiny_cfg):
+    """h_i depends on chunks < i only: changing chunk j (its tokens and its latent, both read
+    with backbone_input=both) moves positions > j and no other."""
+    cfg = _cfg(tiny_cfg, "dit.backbone_input=both")
     prior, _ = _build(cfg)
     W, K, D = prior.W, prior.K, prior.D
     rng = np.random.default_rng(1)
@@ -251,3 +251,51 @@ def test_flow_head_guidance_mixes_the_conditional_and_null_velocities(tiny_cfg):
     labels = np.array([0, 1], np.int32)
     z = [next(sampler.stream(2, SamplingSpec(steps=2, guidance=g), labels)) for g in (1.0, 3.0)]
     assert np.abs(z[0] - z[1]).max() > 1e-3
+
+
+def test_prompts_of_different_lengths_are_aligned_at_their_last_block(tiny_cfg):
+    """Each row's prompt is fed as given, right-aligned so that every prompt's last VAE
+    block starts at one step; a chunk the prompt fills in part is forced there only."""
+    cfg = _cfg(tiny_cfg)
+    prior, vae = _build(cfg)
+    stats = LatentNormaliser(np.zeros(prior.D, np.float32), np.ones(prior.D, np.float32))
+    sampler = LatentARSampler(cfg, prior, autoencoder=(vae, stats))
+    L, N, K = cfg.data.block_len, prior.N, prior.K  # 32 tokens, 8 chunks of 4
+    long = [list(range(10, 10 + 30)), list(range(50, 56))]  # a block of 30, then 6 tokens
+    short = [[7, 8, 9]]  # 3 tokens: ends inside its first chunk
+    tokens, forced, pad = sampler._layout(2, [long, short])
+    assert tokens.shape == forced.shape == (2, 2 * N, K)
+    assert pad.tolist() == [0, N]  # the short prompt starts one block later
+    # the long prompt: its first block known to its padding, its last only as far as it goes
+    assert forced[0, :N].all() and tokens[0, :N].reshape(-1)[:30].tolist() == long[0]
+    assert tokens[0, :N].reshape(-1)[30:].tolist() == [0, 0]  # the block's padding
+    assert forced[0, N:].reshape(-1).tolist() == [True] * 6 + [False] * (L - 6)
+    assert tokens[0, N, :].tolist() == [50, 51, 52, 53]
+    assert not forced[1, :N].any()
+    assert forced[1, N].tolist() == [True, True, True, False] and not forced[1, N + 1:].any()
+    assert tokens[1, N, :3].tolist() == [7, 8, 9]
+
+
+def test_the_pipeline_continues_prompts_of_any_length_and_stops_at_max_tokens(tiny_run,
+                                                                           tiny_cfg):
+    from ldlm.data.tokenizer import Tokenizer
+    from ldlm.inference.generation import LatentDiffusionPipeline
+    from ldlm.inference.textvae import TextVAE
+
+    run_dir, stats = tiny_run
+    cfg = _cfg(tiny_cfg)
+    prior, vae = _build(cfg, stats["vocab_size"])
+    tokenizer = Tokenizer.load(run_dir / "tokenizer")
+    normaliser = LatentNormaliser(np.zeros(prior.D, np.float32), np.ones(prior.D, np.float32))
+    pipe = LatentDiffusionPipeline(cfg, prior, TextVAE(cfg, vae, tokenizer,
+                                                       normaliser=normaliser), [])
+    assert pipe.kind == "latent_ar" and pipe.sampler.default_steps == 1
+    prompts = ["Shares rose.", "The minister said on Monday that the plan " * 4]
+    out = pipe.generate_tokens(n=2, prompt=prompts, max_tokens=37, seed=1)
+    assert [len(t) <= 37 for t in out] == [True, True]
+    again = pipe.generate_tokens(n=2, prompt=prompts, max_tokens=37, seed=1)
+    assert again == out  # every draw comes from the seed
+    texts = pipe.generate(n=3, num_blocks=2, temperature=0.5)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    with pytest.raises(PipelineError, match="infilling the latent_ar prior does not support"):
+        pipe.infill("Shares rose.", "Then they fell.")
