@@ -23,7 +23,6 @@ pipeline skips that block's prompt tokens.
 
 from __future__ import annotations
 
-import itertools
 from typing import Iterator, Sequence
 
 import jax
@@ -73,9 +72,10 @@ def _decode(vae, stats, z_BxSxD):
 def next_chunk(params, vae_params, stats, cache: KVCache, prev_tokens_BxK, prev_z_BxD,
                first_B, valid_B, pos, forced_tokens_BxK, forced_BxK, label_B, key,
                spec: SamplingSpec, *, graphdef, vae_graphdef, n_pick: int, samples: int,
-               guided: bool):
+               guided: bool, forcing: bool = True):
     """One chunk of B texts: (z_BxD normalised, tokens_BxK as fed back (PAD where not
-    real), real_BxK, cache). Positions where `forced_BxK` hold the prompt's tokens."""
+    real), real_BxK, cache). Positions where `forced_BxK` hold the prompt's tokens
+    (`forcing` False: none do, and nothing is re-encoded)."""
     model: LatentAR = nnx.merge(graphdef, params)
     vae = nnx.merge(vae_graphdef, vae_params)
     if guided:
@@ -102,14 +102,35 @@ def next_chunk(params, vae_params, stats, cache: KVCache, prev_tokens_BxK, prev_
     else:
         z = _flow(model, c, k_draw, spec, guided)
         tokens, real = (x[:, 0] for x in _decode(vae, stats, z[:, None]))
-    # the prompt's tokens where it has them; a chunk it touches is re-encoded
-    tokens = jnp.where(forced_BxK, forced_tokens_BxK, jnp.where(real, tokens, PAD_ID))
-    real = jnp.where(forced_BxK, forced_tokens_BxK != PAD_ID, real)
     tokens = jnp.where(real, tokens, PAD_ID)
-    mean, _ = vae.encode(tokens)
-    encoded = (mean[:, 0] - stats["mean"][None, :]) / stats["std"][None, :]
-    z = jnp.where(forced_BxK.any(-1, keepdims=True), encoded, z)
+    if forcing:  # the prompt's tokens where it has them; a chunk it touches is re-encoded
+        tokens = jnp.where(forced_BxK, forced_tokens_BxK, tokens)
+        real = jnp.where(forced_BxK, forced_tokens_BxK != PAD_ID, real)
+        tokens = jnp.where(real, tokens, PAD_ID)
+        mean, _ = vae.encode(tokens)
+        encoded = (mean[:, 0] - stats["mean"][None, :]) / stats["std"][None, :]
+        z = jnp.where(forced_BxK.any(-1, keepdims=True), encoded, z)
     return z, tokens, real, cache
+
+
+def next_chunks(params, vae_params, stats, cache: KVCache, prev_tokens_BxK, prev_z_BxD,
+                start_B, pos0, label_B, key, spec: SamplingSpec, *, count: int, **static):
+    """`count` chunks of B texts in one scan, no prompt tokens among them (a row starts at
+    position start_B): (z_BxCxD, the last chunk's tokens_BxK, cache); chunk p draws from
+    fold_in(key, p) as `next_chunk` does."""
+    none_forced = jnp.zeros(prev_tokens_BxK.shape, bool)
+
+    def body(carry, pos):
+        cache, tokens, z = carry
+        z, tokens, _, cache = next_chunk(
+            params, vae_params, stats, cache, tokens, z, start_B == pos, start_B <= pos, pos,
+            tokens, none_forced, label_B, jax.random.fold_in(key, pos), spec, forcing=False,
+            **static)
+        return (cache, tokens, z), z
+
+    (cache, tokens, _), z_CxBxD = jax.lax.scan(body, (cache, prev_tokens_BxK, prev_z_BxD),
+                                               pos0 + jnp.arange(count))
+    return jnp.swapaxes(z_CxBxD, 0, 1), tokens, cache
 
 
 def _flow(model: LatentAR, c_BxF, key, spec: SamplingSpec, guided: bool):
@@ -129,8 +150,9 @@ def _flow(model: LatentAR, c_BxF, key, spec: SamplingSpec, guided: bool):
     return jax.lax.fori_loop(0, spec.steps, body, z)
 
 
-_next_chunk = jax.jit(next_chunk, static_argnames=("graphdef", "vae_graphdef", "n_pick",
-                                                   "samples", "guided"))
+_STATIC = ("graphdef", "vae_graphdef", "n_pick", "samples", "guided")
+_next_chunk = jax.jit(next_chunk, static_argnames=_STATIC + ("forcing",))
+_next_chunks = jax.jit(next_chunks, static_argnames=_STATIC + ("count",))
 
 
 class LatentARSampler(LatentSampler):
@@ -197,7 +219,8 @@ class LatentARSampler(LatentSampler):
     def stream(self, n: int, spec: SamplingSpec, labels_B: np.ndarray,
                prompts: Sequence[Sequence[Sequence[int]]] | None = None
                ) -> Iterator[np.ndarray]:
-        """Latents of n texts chunk after chunk (B x 1 x D), from the first chunk of each
+        """Latents of n texts in order (B x G x D: chunk by chunk through the prompts, then
+        up to each VAE block boundary in one jitted scan), from the first chunk of each
         prompt's last VAE block (prompts: each a list of token blocks, the last one
         possibly short)."""
         n_pick = self.check(spec, labels_B)
@@ -210,22 +233,25 @@ class LatentARSampler(LatentSampler):
         prev_z = jnp.zeros((n, self.D), jnp.float32)
         labels = jnp.asarray(labels_B, jnp.int32)
         traced = spec.traced()
-        none_tokens = np.full((n, self.K), PAD_ID, np.int32)
-        none_forced = np.zeros((n, self.K), bool)
-        for p in itertools.count():
-            if p < forced.shape[1]:
-                f_tok, f_mask = forced_tokens[:, p], forced[:, p]
-            else:
-                f_tok, f_mask = none_tokens, none_forced
+        static = dict(graphdef=self.graphdef, vae_graphdef=self.vae_graphdef, n_pick=n_pick,
+                      samples=self.dcfg.temperature_samples, guided=guided)
+        P = forced_tokens.shape[1]
+        for p in range(P):  # the prompts, chunk by chunk, and the rest of their last block
             z, prev_tokens, _, cache = _next_chunk(
                 self.params, self.vae_params, self.stats, cache, prev_tokens, prev_z,
-                jnp.asarray(pad == p), jnp.asarray(pad <= p), p, f_tok, f_mask, labels,
-                jax.random.fold_in(key, p), traced, graphdef=self.graphdef,
-                vae_graphdef=self.vae_graphdef, n_pick=n_pick,
-                samples=self.dcfg.temperature_samples, guided=guided)
+                jnp.asarray(pad == p), jnp.asarray(pad <= p), p, forced_tokens[:, p],
+                forced[:, p], labels, jax.random.fold_in(key, p), traced, **static)
             prev_z = z
             if p >= start:
                 yield np.asarray(z)[:, None, :]
+        N, p0 = self.model.N, P
+        while True:  # then up to each VAE block boundary in one scan
+            count = N - p0 % N
+            z, prev_tokens, cache = _next_chunks(
+                self.params, self.vae_params, self.stats, cache, prev_tokens, prev_z,
+                jnp.asarray(pad), p0, labels, key, traced, count=count, **static)
+            prev_z, p0 = z[:, -1], p0 + count
+            yield np.asarray(z)
 
     def _layout(self, n: int, prompts):
         """(forced tokens B x P x K, forced mask B x P x K, first step of each row B):
