@@ -45,7 +45,7 @@ def synthetic(model: str, cfg: Config, vocab: int, B: int) -> tuple[dict, object
         return batch, build_vae(cfg, vocab), lambda m, b, k, s, t, counts: vae_loss(
             m, b, k, s, t, counts=counts, cfg=cfg.vae, total_steps=1000)
     kind = priors.get(cfg)
-    return kind.synthetic_batch(cfg, B, vocab), kind.build(cfg, N, D, 5), \
+    return kind.synthetic_batch(cfg, B, vocab), kind.build(cfg, N, D, 5, vocab_size=vocab), \
         lambda m, b, k, s, t, counts: kind.loss(m, b, k, s, t, counts=counts, cfg=cfg.dit)
 
 
