@@ -298,3 +298,38 @@ def test_the_pipeline_continues_prompts_of_any_length_and_stops_at_max_tokens(ti
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     with pytest.raises(PipelineError, match="infilling the latent_ar prior does not support"):
         pipe.infill("Shares rose.", "Then they fell.")
+
+
+@pytest.mark.slow  # about a minute alone on 2 cores: make test-slow
+def test_the_stages_train_a_chunk_autoencoder_and_serve_a_latent_ar_prior(tiny_run, tmp_path):
+    """make vae, latents and dit with the latent_ar experiment on the tiny preset: the cache
+    keeps the posterior's spread, the decoder stage skips, the prior resumes, and a loaded
+    prior writes what the trained one wrote into its sample dump."""
+    import json
+
+    from ldlm.config import load_experiment
+    from ldlm.inference.generation import LatentDiffusionPipeline
+    from ldlm.stages.decoder import run_decoder
+    from ldlm.stages.dit import run_dit
+    from ldlm.stages.latents import run_latents
+    from ldlm.stages.vae import evaluate_trained_vae
+    from ldlm.train.vae import train_vae
+    from tests.helpers import link_stages
+
+    src, _ = tiny_run
+    run_dir = link_stages(src, tmp_path / "lar")
+    cfg = load_experiment("bbc_news_latent_ar", "tiny", [
+        "vae_train.steps=4", "dit_train.steps=3", "dit_train.checkpoint_every=3",
+        "dit.sample_steps=2,5"])
+    evaluate_trained_vae(cfg, run_dir, train_vae(cfg, run_dir))
+    run_latents(cfg, run_dir, batch_size=64)
+    assert json.loads((run_dir / "latents" / "meta.json").read_text())["logvar"] is True
+    assert run_decoder(cfg, run_dir) == {"skipped": "vae.kind=chunk"}
+    run_dit(cfg, run_dir)
+    run_dit(cfg.override(["dit_train.steps=4"]), run_dir)  # resumes from step 3
+    dump = json.loads((run_dir / "dit" / "samples" / "step_4.json").read_text())
+    assert list(dump) == ["1"]  # the energy head samples in one step only
+    pipe = LatentDiffusionPipeline.from_pretrained(run_dir)
+    labels = [s["label"] for s in dump["1"]]
+    assert pipe.generate(n=len(labels), label=labels, seed=cfg.seed) == \
+        [s["text"] for s in dump["1"]]
