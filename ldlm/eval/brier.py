@@ -8,9 +8,9 @@ largest when p is the data's (a strictly proper score). BrierLM = 100 (Brier-1 B
 Brier-3 Brier-4)^(1/4) of the means over prefixes (a mean at or below 0 makes it 0). CALM's
 authors report it tracks cross-entropy (Spearman -0.99).
 
-Prefixes are test documents cut at VAE block boundaries (so also at chunk boundaries): up to
-`context_blocks` whole blocks of one document, and y the first tokens of the block after
-them.
+Prefixes are test documents cut at VAE block boundaries (so also at chunk boundaries): the
+block before (`context_blocks` whole blocks of one document: one by default, which every
+prior's history holds), and y the first tokens of the block after them.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def brier_lm(x1s, x2s, ys, orders: int = ORDERS) -> dict:
     return out
 
 
-def held_out_prefixes(run_dir, count: int, seed: int = 0, context_blocks: int = 2
+def held_out_prefixes(run_dir, count: int, seed: int = 0, context_blocks: int = 1
                       ) -> tuple[list[list[int]], list[list[int]]]:
     """(prefixes, next ORDERS tokens) of up to `count` test-split positions: each prefix the
     real tokens of up to `context_blocks` consecutive blocks of one document (at least half

@@ -21,7 +21,6 @@ from flax import nnx
 from ldlm.config import DiTConfig
 from ldlm.diffusion import samplers, schedules
 from ldlm.diffusion.spec import SamplingSpec
-from ldlm.errors import PipelineError
 from ldlm.priors.base import OPERATIONS, LatentSampler
 from ldlm.priors.block_causal.model import BlockCausalDiT, KVCache
 
@@ -192,14 +191,11 @@ class BlockCausalSampler(LatentSampler):
         return super().missing(op)
 
     def _commit_prompts(self, writer: BlockWriter, prompts) -> None:
-        rows = [p.reshape(-1, self.D) for p in prompts]
-        longest = max(len(r) for r in rows)
-        if longest > self.model.cache_slots:
-            raise PipelineError(
-                f"the prompt takes {longest} latents ({longest // self.N} VAE blocks); this "
-                f"prior's history holds {self.model.cache_slots} (its window less one "
-                "diffusion block): shorten the prompt")
-        writer.commit_latents(rows)
+        """Each prompt's latents into the cache; of a prompt longer than the history the
+        prior holds (its window less one diffusion block) the last ones only, as the cache
+        keeps them once a text grows past the window."""
+        slots = self.model.cache_slots
+        writer.commit_latents([p.reshape(-1, self.D)[-slots:] for p in prompts])
 
     def stream(self, n, spec, labels_B, prompts=None):
         """Diffusion block after diffusion block against the cache of the clean history
