@@ -163,6 +163,7 @@ def _latent_batch(run_dir, n=16):
     return {k: jnp.asarray(np.stack([it[k] for it in items])) for k in items[0]}
 
 
+@pytest.mark.slow  # about 30 s alone, for an option no preset uses: make test-slow
 def test_token_scores_are_the_decoders_and_the_token_loss_reaches_the_dit(tiny_dit):
     cfg, run_dir, result = tiny_dit
     graphdef, fixed = frozen_decoder(run_dir, result.mesh)  # laid out like the DiT

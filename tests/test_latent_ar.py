@@ -132,7 +132,7 @@ def test_an_energy_head_learns_a_gaussian():
     h = jnp.zeros((64, 32))
     z, sigma = jnp.full((64, 1), 2.0), jnp.full((64, 1), 0.5)  # the posterior's draws
     head = fit(head, lambda m, rng, i: (energy_loss(m, m.condition(h), z, sigma, rng,
-                                                    cfg.dit).mean(), {}), 600, 3e-3)
+                                                    cfg.dit).mean(), {}), 300, 6e-3)
     draws = np.asarray(head.sample(head.condition(h[:1]), jax.random.PRNGKey(7), 4000))
     assert np.mean(draws) == pytest.approx(2.0, rel=0.1)
     assert np.std(draws) == pytest.approx(0.5, rel=0.1)
@@ -149,7 +149,7 @@ def test_a_flow_head_draws_both_modes_of_a_two_mode_toy():
         z = modes[jax.random.bernoulli(k_mode, 0.5, (128,)).astype(jnp.int32)]
         return flow_loss(m, m.condition(h), z, k_head, cfg.dit).mean(), {}
 
-    head = fit(head, loss, 600, 3e-3)
+    head = fit(head, loss, 300, 6e-3)
     draws = np.asarray(head.sample(head.condition(h[:1]), jax.random.PRNGKey(7), 8, 1.0,
                                    samples=1000))[0]
     near = [np.linalg.norm(draws - m, axis=-1) < 1.0 for m in np.asarray(modes)]

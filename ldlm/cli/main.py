@@ -100,9 +100,9 @@ def run_sample(args: argparse.Namespace) -> None:
 
     setup_logging()  # warnings (a skipped damaged checkpoint) in the stages' format
     # checked before anything is loaded: a bad setting fails at once
-    spec = SamplingSpec(steps=args.steps or 16, sampler=args.sampler, grid=args.grid,
-                        eta=args.eta, temperature=args.temperature, guidance=args.guidance,
-                        label=args.label, seed=args.seed)
+    spec = SamplingSpec(steps=16 if args.steps is None else args.steps, sampler=args.sampler,
+                        grid=args.grid, eta=args.eta, temperature=args.temperature,
+                        guidance=args.guidance, label=args.label, seed=args.seed)
     pipe = LatentDiffusionPipeline.from_pretrained(pathlib.Path(args.run_dir), step=args.step)
     if args.steps is None:
         spec = dataclasses.replace(spec, steps=pipe.sampler.default_steps)
