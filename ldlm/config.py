@@ -148,6 +148,10 @@ class DiTConfig:
     # energy head at temperature 1/n: head samples per chunk among which a K-token tuple
     # must repeat n times
     temperature_samples: int = 200
+    # what temperature means to the energy head: "repeats" (T = 1/n only, CALM's counting
+    # algorithm above) or "shrink" (any T: the drawn latent pulled towards the mean of
+    # temperature_samples draws, z = mean + T (z - mean); continuous, no likelihood behind it)
+    energy_temperature: str = "repeats"
     # per_block: condition on the previous / next block of the document, each dropped in
     # training with probability context_dropout
     context_dropout: float = 0.5

@@ -48,6 +48,9 @@ class LatentARKind(WindowKind):
         if not 0 < t.energy_alpha < 2:
             raise ConfigError(f"dit.energy_alpha={t.energy_alpha} must lie in (0, 2), where "
                               "the energy score is strictly proper")
+        if t.energy_temperature not in ("repeats", "shrink"):
+            raise ConfigError(f"dit.energy_temperature={t.energy_temperature!r} is not one of "
+                              "['repeats', 'shrink']")
         if t.flow_draws < 1:
             raise ConfigError(f"dit.flow_draws={t.flow_draws} must be >= 1")
         if t.token_loss_weight > 0:

@@ -10,7 +10,10 @@ Temperature. The flow head scales its starting noise by `spec.temperature`. The 
 has no likelihood to sharpen; at T = 1/n it draws `dit.temperature_samples` latents, decodes
 each to its K-token tuple and keeps one of a tuple seen c >= n times with weight C(c, n)
 (CALM's algorithm: exact for T = 1/n as the samples grow), with n lowered to the most
-repeats seen when no tuple reaches it.
+repeats seen when no tuple reaches it. With `dit.energy_temperature=shrink` any T pulls the
+drawn latent towards the mean of `dit.temperature_samples` draws, z = mean + T (z - mean)
+(continuous; no likelihood is behind it). (Scaling the head's noise does nothing: the head
+normalises its projection.)
 
 Prompts are tokens, laid out in VAE blocks as the training data is. Every row is aligned so
 that its prompt's last block starts at the same step (rows with shorter prompts start
@@ -72,10 +75,12 @@ def _decode(vae, stats, z_BxSxD):
 def next_chunk(params, vae_params, stats, cache: KVCache, prev_tokens_BxK, prev_z_BxD,
                first_B, valid_B, pos, forced_tokens_BxK, forced_BxK, label_B, key,
                spec: SamplingSpec, *, graphdef, vae_graphdef, n_pick: int, samples: int,
-               guided: bool, forcing: bool = True):
+               guided: bool, forcing: bool = True, shrink: bool = False):
     """One chunk of B texts: (z_BxD normalised, tokens_BxK as fed back (PAD where not
     real), real_BxK, cache). Positions where `forced_BxK` hold the prompt's tokens
-    (`forcing` False: none do, and nothing is re-encoded)."""
+    (`forcing` False: none do, and nothing is re-encoded). `shrink`: an energy head's
+    temperature pulls the draw towards the mean of `samples` draws
+    (dit.energy_temperature=shrink)."""
     model: LatentAR = nnx.merge(graphdef, params)
     vae = nnx.merge(vae_graphdef, vae_params)
     if guided:
@@ -89,7 +94,12 @@ def next_chunk(params, vae_params, stats, cache: KVCache, prev_tokens_BxK, prev_
     c = model.head.condition(h)
     k_draw, k_pick = jax.random.split(key)
     if model.cfg.head == "energy":
-        if n_pick == 1:
+        if shrink:  # z = mean + T (z - mean) over `samples` draws
+            draws = model.head.sample(c, k_draw, samples)
+            mean = draws.mean(1)
+            z = mean + spec.temperature * (draws[:, 0] - mean)
+            tokens, real = (x[:, 0] for x in _decode(vae, stats, z[:, None]))
+        elif n_pick == 1:
             z = model.head.sample(c, k_draw, 1)[:, 0]
             tokens, real = (x[:, 0] for x in _decode(vae, stats, z[:, None]))
         else:
@@ -150,7 +160,7 @@ def _flow(model: LatentAR, c_BxF, key, spec: SamplingSpec, guided: bool):
     return jax.lax.fori_loop(0, spec.steps, body, z)
 
 
-_STATIC = ("graphdef", "vae_graphdef", "n_pick", "samples", "guided")
+_STATIC = ("graphdef", "vae_graphdef", "n_pick", "samples", "guided", "shrink")
 _next_chunk = jax.jit(next_chunk, static_argnames=_STATIC + ("forcing",))
 _next_chunks = jax.jit(next_chunks, static_argnames=_STATIC + ("count",))
 
@@ -187,7 +197,7 @@ class LatentARSampler(LatentSampler):
         return [("dpm++", n, self.head) for n in self.sample_budgets(e.head_steps)]
 
     def long_settings(self, e):
-        if self.head == "energy":
+        if self.head == "energy" and self.dcfg.energy_temperature == "repeats":
             return "dpm++", 1, tuple(1.0 / n for n in range(1, len(e.long_temperatures) + 1))
         return "dpm++", e.head_long_steps, tuple(e.long_temperatures)
 
@@ -213,6 +223,8 @@ class LatentARSampler(LatentSampler):
             if self.guided(labels_B, spec):
                 raise PipelineError("classifier-free guidance needs the flow head "
                                     "(dit.head=flow); call with guidance=1")
+            if self.dcfg.energy_temperature == "shrink":
+                return 1
             return temperature_power(float(spec.temperature))
         return 1
 
@@ -234,7 +246,9 @@ class LatentARSampler(LatentSampler):
         labels = jnp.asarray(labels_B, jnp.int32)
         traced = spec.traced()
         static = dict(graphdef=self.graphdef, vae_graphdef=self.vae_graphdef, n_pick=n_pick,
-                      samples=self.dcfg.temperature_samples, guided=guided)
+                      samples=self.dcfg.temperature_samples, guided=guided,
+                      shrink=self.head == "energy" and
+                      self.dcfg.energy_temperature == "shrink")
         P = forced_tokens.shape[1]
         for p in range(P):  # the prompts, chunk by chunk, and the rest of their last block
             z, prev_tokens, _, cache = _next_chunk(
