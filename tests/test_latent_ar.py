@@ -303,9 +303,10 @@ def test_the_pipeline_continues_prompts_of_any_length_and_stops_at_max_tokens(ti
 
 @pytest.mark.slow  # about a minute alone on 2 cores: make test-slow
 def test_the_stages_train_a_chunk_autoencoder_and_serve_a_latent_ar_prior(tiny_run, tmp_path):
-    """make vae, latents and dit with the latent_ar experiment on the tiny preset: the cache
-    keeps the posterior's spread, the decoder stage skips, the prior resumes, and a loaded
-    prior writes what the trained one wrote into its sample dump."""
+    """make vae, latents, dit and eval with the latent_ar experiment on the tiny preset: the
+    cache keeps the posterior's spread, the decoder stage skips, the prior resumes, a loaded
+    prior writes what the trained one wrote into its sample dump, and make eval takes the
+    energy head's own settings."""
     import json
 
     from ldlm.config import load_experiment
@@ -321,7 +322,7 @@ def test_the_stages_train_a_chunk_autoencoder_and_serve_a_latent_ar_prior(tiny_r
     run_dir = link_stages(src, tmp_path / "lar")
     cfg = load_experiment("bbc_news_latent_ar", "tiny", [
         "vae_train.steps=4", "dit_train.steps=3", "dit_train.checkpoint_every=3",
-        "dit.sample_steps=2,5"])
+        "dit.sample_steps=2,5", "ar_train.steps=3", "eval.brier_prefixes=16"])
     evaluate_trained_vae(cfg, run_dir, train_vae(cfg, run_dir))
     run_latents(cfg, run_dir, batch_size=64)
     assert json.loads((run_dir / "latents" / "meta.json").read_text())["logvar"] is True
@@ -334,6 +335,17 @@ def test_the_stages_train_a_chunk_autoencoder_and_serve_a_latent_ar_prior(tiny_r
     labels = [s["label"] for s in dump["1"]]
     assert pipe.generate(n=len(labels), label=labels, seed=cfg.seed) == \
         [s["text"] for s in dump["1"]]
+    # make eval samples the energy head in one step at every setting it sweeps
+    from ldlm.stages.ar import run_ar
+    from ldlm.stages.eval import run_eval
+
+    run_ar(cfg, run_dir)
+    report = run_eval(cfg, run_dir)
+    assert [(r["sampler"], r["steps"]) for r in report["table"] if r["system"] == "ldlm"] == \
+        [("energy", 1)]
+    assert report["matched_entropy"]["steps"] == 1
+    assert set(report["topic_accuracy"]) == {"real_test_blocks", "guidance_1"}
+    assert report["brier_lm"]["ldlm"]["prefixes"] == report["brier_lm"]["prefixes"] > 0
 
 
 def test_the_shrink_temperature_pulls_an_energy_heads_draws_together(tiny_cfg):

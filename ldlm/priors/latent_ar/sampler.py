@@ -197,9 +197,11 @@ class LatentARSampler(LatentSampler):
         return [("dpm++", n, self.head) for n in self.sample_budgets(e.head_steps)]
 
     def long_settings(self, e):
-        if self.head == "energy" and self.dcfg.energy_temperature == "repeats":
+        if self.head == "flow":
+            return "dpm++", e.head_long_steps, tuple(e.long_temperatures)
+        if self.dcfg.energy_temperature == "repeats":  # T = 1/n only
             return "dpm++", 1, tuple(1.0 / n for n in range(1, len(e.long_temperatures) + 1))
-        return "dpm++", e.head_long_steps, tuple(e.long_temperatures)
+        return "dpm++", 1, tuple(e.long_temperatures)
 
     def guidance_settings(self, e):
         if self.head == "energy":  # no guidance: the labels alone
