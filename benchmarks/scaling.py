@@ -108,7 +108,6 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("points", [])
     results["args"] = {k: v for k, v in vars(args).items() if k != "train_only"}
-    ldlm_temps = [float(t) for t in args.temperatures.split(",")]
     ar_temps = [float(t) for t in args.ar_temperatures.split(",")]
     scorer = None
     for f in sorted(float(b) for b in args.budgets.split(",")):
@@ -127,11 +126,10 @@ def main() -> None:
                          **compute(run, system, cfg.override(sets)), "rows": []}
                 results["points"].append(point)
             point["train_wall_s"] = wall
-            writer = None
-            sweep = ar_temps if system == BASELINE else ldlm_temps
-            if system != BASELINE:
-                writer = LatentWriter(run, args)
-                sweep = writer.temperatures(sweep)
+            # a latent system sweeps its kind's temperatures (--temperatures, or an energy
+            # head's own)
+            writer = None if system == BASELINE else LatentWriter(run, args)
+            sweep = ar_temps if writer is None else list(writer.temperatures)
             todo = [T for T in sweep if T not in {r["temperature"] for r in point["rows"]}]
             if todo:
                 scorer = scorer or load_scorer(base)
@@ -238,10 +236,7 @@ class LatentWriter:
                        head_long_steps=args.head_steps,
                        long_temperatures=tuple(float(t) for t in
                                                args.temperatures.split(",")))
-        self.sampler, self.steps, self._temps = self.pipe.sampler.long_settings(e)
-
-    def temperatures(self, requested) -> list[float]:
-        return list(self._temps)
+        self.sampler, self.steps, self.temperatures = self.pipe.sampler.long_settings(e)
 
     def texts(self, n: int, tokens: int, T: float, prompt=None):
         return self.pipe.generate_tokens(n=n, steps=self.steps, sampler=self.sampler, seed=0,

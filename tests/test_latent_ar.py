@@ -80,8 +80,9 @@ def test_the_backbone_is_causal(tiny_cfg):
 
 @pytest.mark.parametrize("head", ["energy", "flow"])
 def test_kv_cached_sampling_equals_recomputing_the_sequence(tiny_cfg, head):
-    """The sampler's latents and tokens, chunk by chunk against its cache, are what the
-    training pass over the whole sequence gives with the same draws."""
+    """The sampler's latents, chunk by chunk against its cache (their decoded tokens fed
+    back), are what the training pass over the whole sequence of those tokens and latents
+    gives with the same draws."""
     cfg = _cfg(tiny_cfg, f"dit.head={head}")
     prior, vae = _build(cfg)
     D, K, W = prior.D, prior.K, prior.W

@@ -138,16 +138,11 @@ class LatentDiffusionPipeline:
         prompts = self._prompts(prompt, n)
         # prompt tokens at the start of the first block read (samplers that take prompts
         # as tokens restart at the prompt's last block); that block is read on top
-        skip = [0] * n
-        if prompts is not None and self.sampler.prompt_tokens:
-            skip = [len(p[-1]) for p in prompts]
-            last = None
-        elif prompts is not None:
-            last = np.stack([p[-1] for p in prompts])
-        else:
-            last = None
-        reader = self.text.reader(np.zeros((n, self.N, self.D), np.float32)
-                                  if last is None else last, last is not None)
+        as_tokens = prompts is not None and self.sampler.prompt_tokens
+        skip = [len(p[-1]) for p in prompts] if as_tokens else [0] * n
+        primed = prompts is not None and not as_tokens  # the seam decoder sees the prompt
+        reader = self.text.reader(np.stack([p[-1] for p in prompts]) if primed else
+                                  np.zeros((n, self.N, self.D), np.float32), primed)
         blocks = num_blocks + (1 if any(skip) else 0)
         tokens, done = [[] for _ in range(n)], np.zeros(n, bool)
         pending = np.zeros((n, 0, self.D), np.float32)  # latents of an unfinished VAE block

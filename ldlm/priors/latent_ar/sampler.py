@@ -185,10 +185,6 @@ class LatentARSampler(LatentSampler):
         self.head = cfg.dit.head
         self.model = model
 
-    @property
-    def blocks_without_history(self) -> int:
-        return 1
-
     def describe(self) -> str:
         return f"latent_ar {self.head}"
 
