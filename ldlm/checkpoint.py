@@ -15,16 +15,26 @@ the next older step. Training moves a damaged step aside (`quarantine`: into
 `<stage>/damaged_checkpoints/`, never deleted, so Orbax cannot delete or overwrite it either);
 readers only skip it.
 
+A save that fails for lack of space (`DiskFull`) names the directory, its free space and the
+newest complete step. Orbax deletes old steps (`max_to_keep`) only after a newer one is
+complete, and leaves the half-written one as `<step>.orbax-checkpoint-tmp`, which is never
+listed as a checkpoint and is replaced when that step is saved again.
+
+Readers (`read_only`) never delete or create anything, and a step that training deletes
+while a reader is loading it is not damage: the reader moves on to the newer steps.
+
 Restoring goes into abstract targets built from a live state (shape, dtype, sharding), so a
 checkpoint saved on one mesh loads onto another.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import pathlib
 import re
+import shutil
 import sys
 from typing import Any, Callable, TypeVar
 
@@ -33,7 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ldlm.distributed import all_processes_agree, barrier, is_main_process
-from ldlm.errors import CheckpointDamaged, CheckpointMismatch, MissingStageError
+from ldlm.errors import CheckpointDamaged, CheckpointMismatch, DiskFull, MissingStageError
 
 log = logging.getLogger("ldlm.checkpoint")
 QUARANTINE_DIR = "damaged_checkpoints"  # beside checkpoints/, in the stage directory
@@ -98,6 +108,40 @@ def _from_failed_read(text: str) -> bool:
     return any(w in text for w in ("TensorStore", "OCDBT", "reading array index"))
 
 
+_NO_SPACE = ("No space left on device", "os_error_code='28'")
+
+
+def is_no_space(e: BaseException | None) -> bool:
+    """Whether an exception (or one it was raised from) is a write that found no space:
+    ENOSPC itself, or TensorStore's RESOURCE_EXHAUSTED that Orbax wraps it in."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if any(w in str(e) for w in _NO_SPACE):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+class _FailedWriteNoise(logging.Filter):
+    """Drops Orbax's tracebacks of a save that found no space (reported as one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += str(record.exc_info[1])
+        return not any(w in text for w in _NO_SPACE)
+
+
 class _FailedReadNoise(logging.Filter):
     """Drops asyncio's 'exception was never retrieved' for reads of a damaged checkpoint."""
 
@@ -119,22 +163,40 @@ def _quiet_failed_read_leftovers() -> None:
     def hook(unraisable):
         e = unraisable.exc_value
         closed_loop = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-        if not (closed_loop or _from_failed_read(str(e))):
+        # a failed save's writes, collected at exit
+        shutting_down = isinstance(e, ImportError) and "shutting down" in str(e)
+        if not (closed_loop or shutting_down or _from_failed_read(str(e)) or is_no_space(e)):
             previous(unraisable)
 
     hook._ldlm_quiet = True
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(_FailedReadNoise())
+    logging.getLogger("absl").addFilter(_FailedWriteNoise())
 
 
 class Checkpointer:
-    """`stage` names the make target that writes these checkpoints (for error messages)."""
+    """`stage` names the make target that writes these checkpoints (for error messages);
+    `read_only`: a reader's, which never creates, deletes or writes anything."""
 
-    def __init__(self, directory, keep: int = 2, stage: str = "vae"):
+    def __init__(self, directory, keep: int = 2, stage: str = "vae", read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
         self.stage = stage
-        self._mgr = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self._saving: int | None = None  # the newest step whose save may still be running
+        # a reader's manager creates nothing and, never saving, deletes nothing (Orbax's own
+        # read_only mode would do the same, with a warning on every load)
+        self._mgr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else keep, create=not read_only))
+        # Reads go through a manager of this process alone: Orbax ends a restore with a
+        # barrier of every process, which a process whose read failed (damage that only
+        # it sees) would never reach, and the others would wait at it forever. Each
+        # process reads only its own shards anyway; `restore_newest` agrees afterwards.
+        self._reader = self._mgr if jax.process_count() == 1 else ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(
+                max_to_keep=None, create=False,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=jax.process_index(),
+                    active_processes={jax.process_index()},
+                    barrier_sync_key_prefix=f"read{jax.process_index()}")))
 
     def latest_step(self) -> int | None:
         return self._mgr.latest_step()
@@ -147,10 +209,33 @@ class Checkpointer:
         return self.directory / str(step)
 
     def save(self, step: int, state, data_state: dict | None, meta: dict) -> None:
-        self._mgr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state or {}),
-            meta=ocp.args.JsonSave(meta)))
+        """Starts writing `step` (Orbax finishes it in the background); DiskFull if this
+        save, or the one still running before it, finds no space."""
+        _quiet_failed_read_leftovers()  # and the leftovers of a failed write
+        with self._writing(step):
+            self._mgr.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state or {}),
+                meta=ocp.args.JsonSave(meta)))
+            self._saving = step
+
+    def _writing(self, step: int | None):
+        """Context in which an Orbax write that finds no space becomes DiskFull."""
+        return _NoSpaceToDiskFull(self, step)
+
+    def disk_full(self, step: int | None) -> DiskFull:
+        """The one-line report of a save of `step` that found no space."""
+        complete = sorted((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()),
+                          reverse=True) if self.directory.is_dir() else []
+        free = _human_bytes(shutil.disk_usage(self.directory).free)
+        newest = (f"the newest complete checkpoint, step {complete[0]}, is intact"
+                  if complete else "no complete checkpoint was written yet")
+        which = f"the {self.stage} checkpoint of step {step}" if step is not None else \
+            f"a {self.stage} checkpoint"
+        return DiskFull(f"no space left on the device of {self.directory} ({free} free) "
+                        f"while writing {which}; {newest}. Free some space and run the same "
+                        "command again to resume"
+                        + (f" from step {complete[0]}" if complete else ""))
 
     def _damaged(self, step: int, e: BaseException) -> CheckpointDamaged:
         reason = damage_reason(e)
@@ -198,7 +283,7 @@ class Checkpointer:
     def read_meta(self, step: int | None = None) -> dict:
         """The JSON record of a checkpoint, without loading its arrays."""
         step = self._step_or_latest(step)
-        return self._read(step, lambda: self._mgr.restore(
+        return self._read(step, lambda: self._reader.restore(
             step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
     def restore(self, state_like, step: int | None = None,
@@ -211,7 +296,7 @@ class Checkpointer:
         if check_meta is not None:
             check_meta(meta)
         self.check_layout(step, state_like)
-        out = self._read(step, lambda: self._mgr.restore(step, args=ocp.args.Composite(
+        out = self._read(step, lambda: self._reader.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_like(state_like)),
             data=ocp.args.JsonRestore())))
         return out["state"], out["data"], meta
@@ -224,7 +309,7 @@ class Checkpointer:
         name = "ema" if ema else "params"
         self.check_layout(step, params_like, prefix=name)
         target = {name: abstract_like(params_like)}
-        out = self._read(step, lambda: self._mgr.restore(step, args=ocp.args.Composite(
+        out = self._read(step, lambda: self._reader.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                 partial_restore=True))))
@@ -236,15 +321,25 @@ class Checkpointer:
         """(step, restore_one(step)) for the newest of `steps` (default: all) that reads
         completely, and the damage met on newer ones, each logged as a warning (`warn`).
         (None, None, damage) when none reads. With several processes, a step counts as read
-        only when every process read it."""
-        damage = []
-        for step in self.steps() if steps is None else steps:
+        only when every process read it. Without `steps`, a step that disappears while it is
+        read (training deleted it, keeping its newest ones) is not damage: the steps are
+        listed again."""
+        damage: list[CheckpointDamaged] = []
+        todo = self.steps() if steps is None else list(steps)
+        while todo:
+            step = todo.pop(0)
             try:
                 value, error = restore_one(step), None
             except CheckpointDamaged as e:
                 value, error = None, e
             if all_processes_agree(error is None):
                 return step, value, damage
+            if steps is None and all_processes_agree(not self.step_dir(step).exists()):
+                self._mgr.reload()  # deleted by a trainer: newer steps exist now
+                self._reader.reload()
+                known = {d.step for d in damage}
+                todo = [s for s in self.steps() if s not in known]
+                continue
             error = error or CheckpointDamaged(
                 f"the {self.stage} checkpoint at step {step} in {self.directory} is damaged "
                 "(unreadable on another process)", step, "unreadable on another process")
@@ -266,6 +361,7 @@ class Checkpointer:
             self.step_dir(step).rename(place)
         barrier(f"quarantine {self.stage} step {step}")
         self._mgr.reload()
+        self._reader.reload()
         log.warning("moved the damaged %s checkpoint of step %d to %s", self.stage, step, place)
         return place
 
@@ -273,8 +369,27 @@ class Checkpointer:
         return MissingStageError(f"a {self.stage} checkpoint", self.directory, self.stage)
 
     def wait(self) -> None:
-        self._mgr.wait_until_finished()
+        with self._writing(self._saving):
+            self._mgr.wait_until_finished()
 
     def close(self) -> None:
-        self._mgr.wait_until_finished()
-        self._mgr.close()
+        try:
+            self.wait()
+        finally:
+            self._mgr.close()
+            if self._reader is not self._mgr:
+                self._reader.close()
+
+
+class _NoSpaceToDiskFull:
+    def __init__(self, ckpt: Checkpointer, step: int | None):
+        self.ckpt, self.step = ckpt, step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if e is None or not is_no_space(e):
+            return False
+        failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))  # the step Orbax was writing
+        raise self.ckpt.disk_full(int(failed[1]) if failed else self.step) from None

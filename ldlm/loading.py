@@ -47,7 +47,7 @@ def load_stage_model(run_dir, stage: str, build: Callable[[nnx.Rngs], nnx.Module
         model = build(nnx.Rngs(params=0))
     graphdef, params = nnx.split(model)
     ckpt = Checkpointer(rundir.stage_dir(pathlib.Path(run_dir), stage) / "checkpoints",
-                        stage=stage)
+                        stage=stage, read_only=True)
     use_ema = ema and train_cfg.ema_decay > 0
     try:
         steps = ckpt.steps()
@@ -60,8 +60,9 @@ def load_stage_model(run_dir, stage: str, build: Callable[[nnx.Rngs], nnx.Module
         def restore(s: int):
             return ckpt.restore_weights(params, s, ema=use_ema)
 
+        # without `step`: the steps are listed again if training deletes one meanwhile
         found, weights, damage = ckpt.restore_newest(
-            restore, [step] if step is not None else steps, warn=step is None)
+            restore, [step] if step is not None else None, warn=step is None)
         if weights is None and step is not None:
             other, _, _ = ckpt.restore_newest(restore, [s for s in steps if s != step],
                                               warn=False)

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 from ldlm.config import load_experiment  # noqa: E402
-from tests.helpers import link_stages  # noqa: E402
+from tests.helpers import FAULT_SETS, link_stages  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +59,15 @@ def tiny_dit(trained_tiny, tmp_path_factory):
     vae = TextVAE.from_run(run_dir)
     result = train_dit(cfg, run_dir, sample_dump_hook(cfg, run_dir, vae), vae.model)
     return cfg, run_dir, result
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_vae(tiny_run, tiny_cfg, tmp_path_factory):
+    """The tiny VAE trained straight through FAULT_SETS: what every interrupted and resumed
+    run must end with. (config, run directory, TrainResult)."""
+    from ldlm.train.vae import train_vae
+
+    src, _ = tiny_run
+    cfg = tiny_cfg.override(list(FAULT_SETS))
+    run_dir = link_stages(src, tmp_path_factory.mktemp("uninterrupted"))
+    return cfg, run_dir, train_vae(cfg, run_dir)

@@ -5,6 +5,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+# the fault tests' run of the tiny VAE: 60 steps, a checkpoint and a metrics line every 5
+FAULT_SETS = ("vae_train.steps=60", "vae_train.checkpoint_every=5", "vae_train.log_every=5")
+
 
 def assert_trees_close(actual, expected, **tolerances) -> None:
     """Two pytrees have the same structure (paths) and leaves equal within tolerance;

@@ -40,7 +40,7 @@ from ldlm.mesh import make_mesh
 from ldlm.train import loop
 from ldlm.train.dit import dit_task
 from ldlm.train.vae import train_vae
-from tests.helpers import assert_trees_close, link_stages
+from tests.helpers import FAULT_SETS, assert_trees_close, link_stages
 
 CKPT = pathlib.Path("vae") / "checkpoints"
 # Under pytest, Orbax's leftover failed reads reach pytest's unraisable hook (which replaces
@@ -120,23 +120,26 @@ def _kill_at_random_moments(cmd, kills: int, seed: int, stage_dir: pathlib.Path)
 @pytest.mark.parametrize("kills", [
     2, pytest.param(int(os.environ.get("LDLM_FAULT_KILLS", "10")), marks=pytest.mark.slow)])
 def test_sigkills_at_random_moments_end_with_the_uninterrupted_parameters(
-        tiny_run, tiny_cfg, tmp_path, kills):
+        tiny_run, uninterrupted_vae, tmp_path, kills):
     src, _ = tiny_run
-    sets = ["vae_train.steps=60", "vae_train.checkpoint_every=5", "vae_train.log_every=5"]
-    cfg = tiny_cfg.override(sets)
-    straight_dir = link_stages(src, tmp_path / "straight")
-    straight = train_vae(cfg, straight_dir)
+    cfg, straight_dir, straight = uninterrupted_vae
     killed = link_stages(src, tmp_path / "killed")
-    cmd = _ldlm("vae", "--preset", "tiny", "--run-dir", str(killed), *_sets(sets))
+    cmd = _ldlm("vae", "--preset", "tiny", "--run-dir", str(killed), *_sets(FAULT_SETS))
     log = _kill_at_random_moments(cmd, kills, seed=kills, stage_dir=killed / "vae")
     print("\n".join(log))
     assert log[0].startswith("run 0: rc -9"), "the first run was not killed in its save"
     resumed = train_vae(cfg, killed)  # finishes the run (or finds it finished)
+    assert_same_end(resumed, straight, killed, straight_dir)
+
+
+def assert_same_end(resumed, straight, resumed_dir, straight_dir) -> None:
+    """A resumed run ended exactly where the uninterrupted one did: step, parameters,
+    optimizer, EMA weights, and one metrics line per step as if never interrupted."""
     assert int(resumed.state.step) == int(straight.state.step) == 60
     assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=0)
     assert_trees_close(resumed.state.opt_state, straight.state.opt_state, rtol=0, atol=0)
     assert_trees_close(resumed.state.ema, straight.state.ema, rtol=0, atol=0)
-    assert _history(killed) == _history(straight_dir)  # one line per step, as if never killed
+    assert _history(resumed_dir) == _history(straight_dir)
 
 
 def _history(run_dir):

@@ -16,7 +16,7 @@ import sys
 import time
 
 from ldlm.config import load_experiment
-from ldlm.errors import LdlmError
+from ldlm.errors import LdlmError, TrainingStopped
 
 # stage -> (its function "module:function", one line of help)
 STAGES = {
@@ -144,6 +144,9 @@ def main(argv=None) -> None:
     command = {"sample": run_sample, "notebooks": run_notebooks}.get(args.command, run_stage)
     try:
         command(args)
+    except TrainingStopped as e:  # a graceful stop, not an error: the status tells which
+        print(f"ldlm: {e}", file=sys.stderr)
+        sys.exit(e.exit_status)
     except LdlmError as e:
         print(f"ldlm: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -4,7 +4,10 @@ several local processes joined by jax.distributed (coordinator on 127.0.0.1, a f
 Each process gets LDLM_COORDINATOR / LDLM_NUM_PROCESSES / LDLM_PROCESS_ID and, on CPU,
 `--devices-per-process` fake devices. Output of process 0 is shown; the others' goes to
 `<log-dir>/process_<i>.log`. The launcher waits for all, stops the rest if one fails, and
-exits with the first non-zero status. For real clusters use the README's commands instead.
+exits with the first non-zero status. A process that stopped gracefully on a signal (status
+143 or 130, see `ldlm.train.preemption`) is not a failure: the others are stopping at the
+same step, and are waited for (`STOP_GRACE_S`). A SIGTERM to the launcher is passed on to
+every process. For real clusters use the README's commands instead.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
 import time
+
+STOPPED = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # a graceful stop on a signal
+STOP_GRACE_S = 120.0  # how long the others may take to save the same step and exit
 
 
 def free_port() -> int:
@@ -26,8 +33,11 @@ def free_port() -> int:
 
 def launch(command: list[str], processes: int, devices_per_process: int,
            log_dir: pathlib.Path, extra_env: dict | None = None,
-           timeout: float | None = None) -> int:
-    """Runs `ldlm <command>` as `processes` processes; returns the exit status."""
+           timeout: float | None = None, prefix: dict[int, list[str]] | None = None,
+           started: list | None = None) -> int:
+    """Runs `ldlm <command>` as `processes` processes; returns the exit status.
+    `prefix[i]` goes before process i's Python (e.g. `unshare -m ...`, so that one process
+    sees the file system differently); `started` receives the Popen objects."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     procs = []
@@ -39,13 +49,19 @@ def launch(command: list[str], processes: int, devices_per_process: int,
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
                                 f"device_count={devices_per_process}").strip()
         out = None if i == 0 else open(log_dir / f"process_{i}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "ldlm", *command], env=env,
-                                      stdout=out, stderr=subprocess.STDOUT if out else None))
+        procs.append(subprocess.Popen(
+            [*(prefix or {}).get(i, []), sys.executable, "-m", "ldlm", *command], env=env,
+            stdout=out, stderr=subprocess.STDOUT if out else None))
+    if started is not None:
+        started.extend(procs)
     deadline = None if timeout is None else time.monotonic() + timeout
     status = 0
     try:
         while any(p.poll() is None for p in procs):
-            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            codes = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            failed = [c for c in codes if c not in STOPPED]
+            if codes and not failed and deadline is None:  # stopping: give them their grace
+                deadline = time.monotonic() + STOP_GRACE_S
             if failed or (deadline and time.monotonic() > deadline):
                 status = failed[0] if failed else 124
                 break
@@ -69,8 +85,16 @@ def main(argv=None) -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         p.error("name the ldlm command to run after --, e.g. -- vae --preset tiny")
+    procs: list = []
+
+    def forward(signum, frame):  # a scheduler's notice reaches every process
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
     sys.exit(launch(command, args.processes, args.devices_per_process,
-                    pathlib.Path(args.log_dir)))
+                    pathlib.Path(args.log_dir), started=procs))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ A stage describes itself with a `Task` (how to build its model, its loss, its ba
 loop does the rest: model built under the mesh (weights born sharded), a pure jitted train
 step, automatic resume from the newest checkpoint (parameters, optimizer, EMA, step, RNG,
 data position), checkpoints every K steps and at the end, metrics to metrics.jsonl and
-TensorBoard, a progress bar with loss and tokens/s, and a clear stop on a NaN/Inf loss.
+TensorBoard, a progress bar with loss and tokens/s, a clear stop on a NaN/Inf loss, and a
+graceful stop on SIGTERM / SIGINT (the step in flight saved; `ldlm.train.preemption`).
 
 Randomness of step t is `fold_in(base_key, t)`, and the data iterator resumes at exactly the
-next batch, so a resumed run computes the same updates as an uninterrupted one.
+next batch, so a resumed run computes the same updates as an uninterrupted one; the metrics
+of the steps since the last metrics line travel in the checkpoint, so its metrics.jsonl
+reads the same too.
 """
 
 from __future__ import annotations
@@ -30,15 +33,18 @@ from ldlm import rundir
 from ldlm.checkpoint import QUARANTINE_DIR, Checkpointer
 from ldlm.config import Config, TrainConfig
 from ldlm.data.batches import real_rows
-from ldlm.errors import CheckpointDamaged, ConfigError, LdlmError
+from ldlm.errors import CheckpointDamaged, ConfigError, LdlmError, TrainingStopped
 from ldlm.logs import MetricsWriter, progress
 from ldlm.mesh import PARAM_RULES, param_rules
+from ldlm.train.preemption import StopSignals
 from ldlm.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
 
 # Fault injection in tests: the process exits right after writing the checkpoint of this
-# step, or kills itself with SIGKILL while that checkpoint is being written.
+# step, or kills itself with SIGKILL while that checkpoint is being written, or sends itself
+# SIGTERM while it is being written.
 _DEBUG_EXIT_AFTER_STEP = int(os.environ.get("LDLM_DEBUG_EXIT_AFTER_STEP", "0"))
 _DEBUG_KILL_IN_SAVE_AT_STEP = int(os.environ.get("LDLM_DEBUG_KILL_IN_SAVE_AT_STEP", "0"))
+_DEBUG_SIGTERM_IN_SAVE_AT_STEP = int(os.environ.get("LDLM_DEBUG_SIGTERM_IN_SAVE_AT_STEP", "0"))
 log = logging.getLogger("ldlm.train")
 
 Batch = dict[str, jax.Array]
@@ -218,7 +224,7 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
                                 mesh)
     ckpt = Checkpointer(out / "checkpoints", keep=tcfg.keep_checkpoints, stage=task.stage)
     try:
-        state, resumed_from = resume(ckpt, task, state)
+        state, resumed_from, resumed_meta = resume(ckpt, task, state)
     except BaseException:
         ckpt.close()
         raise
@@ -230,11 +236,26 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
     eval_step = make_eval_step(graphdef, task.loss_fn)
 
     def save(step: int):
+        # the metrics of the steps since the last metrics line go along, so that a run
+        # stopped between two lines writes the same lines as one never stopped
         ckpt.save(step, state, task.train_batches.get_state(),
-                  {"step": step, "config": cfg.to_dict(), "must_match": task.must_match})
+                  {"step": step, "config": cfg.to_dict(), "must_match": task.must_match,
+                   "metrics_window": window})
+
+    def stop_at(step: int, saved: bool):
+        """A signal asked to stop: the step just trained is saved (if not yet), the save
+        is waited for, and TrainingStopped says so."""
+        nonlocal pending
+        if pending is not None:
+            consume(*pending)
+            pending = None
+        if not saved:
+            save(step)
+        ckpt.wait()  # the handlers are still installed: more signals change nothing
+        raise TrainingStopped(task.stage, step, stops.signum)
 
     writer = MetricsWriter(out, resumed_at=start)
-    window: list[dict] = []
+    window: list[dict] = list(resumed_meta.get("metrics_window", []))
     pending = None  # (step, device metrics): read after the next step is dispatched
     bar = progress(total=tcfg.steps, initial=start, desc=task.stage)
     t_window = time.time()
@@ -261,31 +282,38 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
             window.clear()
             t_window = time.time()
 
+    stops = StopSignals()
     try:
-        for step in range(start + 1, tcfg.steps + 1):
-            batch = next(task.train_batches)
-            with jax.set_mesh(mesh):  # activation constraints refer to this mesh
-                state, metrics = train_step(state, batch, task.frozen)
-            if pending is not None:
-                consume(*pending)
-            pending = (step, metrics)
-            bar.update(1)
-            if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
-                consume(*pending)
-                pending = None
-                save(step)
-                if step == _DEBUG_KILL_IN_SAVE_AT_STEP:  # Orbax is still writing it
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if step == _DEBUG_EXIT_AFTER_STEP:  # fault injection for resume tests
-                    ckpt.wait()
-                    log.warning("exiting after the checkpoint at step %d "
-                                "(LDLM_DEBUG_EXIT_AFTER_STEP)", step)
-                    os._exit(3)
-            if tcfg.eval_every and step % tcfg.eval_every == 0 and task.eval_batches:
-                writer.write(step, evaluate(eval_step, state, task, cfg.seed), "validation")
-            if task.hook and task.hook_every and step % task.hook_every == 0 \
-                    and step != tcfg.steps:
-                task.hook(step, graphdef, _weights(state))
+        with stops:  # SIGTERM / SIGINT: the step in flight is finished and saved
+            for step in range(start + 1, tcfg.steps + 1):
+                batch = next(task.train_batches)
+                with jax.set_mesh(mesh):  # activation constraints refer to this mesh
+                    state, metrics = train_step(state, batch, task.frozen)
+                if pending is not None:
+                    consume(*pending)
+                pending = (step, metrics)
+                bar.update(1)
+                periodic = step % tcfg.checkpoint_every == 0 or step == tcfg.steps
+                if periodic:
+                    consume(*pending)
+                    pending = None
+                    save(step)
+                    if step == _DEBUG_KILL_IN_SAVE_AT_STEP:  # Orbax is still writing it
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if step == _DEBUG_SIGTERM_IN_SAVE_AT_STEP:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    if step == _DEBUG_EXIT_AFTER_STEP:  # fault injection for resume tests
+                        ckpt.wait()
+                        log.warning("exiting after the checkpoint at step %d "
+                                    "(LDLM_DEBUG_EXIT_AFTER_STEP)", step)
+                        os._exit(3)
+                if stops.requested(step):
+                    stop_at(step, saved=periodic)
+                if tcfg.eval_every and step % tcfg.eval_every == 0 and task.eval_batches:
+                    writer.write(step, evaluate(eval_step, state, task, cfg.seed), "validation")
+                if task.hook and task.hook_every and step % task.hook_every == 0 \
+                        and step != tcfg.steps:
+                    task.hook(step, graphdef, _weights(state))
         if pending is not None:
             consume(*pending)
         if task.hook:
@@ -307,11 +335,12 @@ def _weights(state: TrainState):
     return state.ema if state.ema is not None else state.params
 
 
-def resume(ckpt: Checkpointer, task: Task, state: TrainState) -> tuple[TrainState, int | None]:
-    """The state (and data position) of the newest checkpoint that reads completely, and its
-    step (None: no checkpoint, start afresh). Damaged newer steps are moved aside with a
-    warning, never deleted or overwritten; if every checkpoint is damaged, that is an error
-    (rerunning then starts from step 0)."""
+def resume(ckpt: Checkpointer, task: Task, state: TrainState
+           ) -> tuple[TrainState, int | None, dict]:
+    """The state (and data position) of the newest checkpoint that reads completely, its
+    step (None: no checkpoint, start afresh) and its JSON record ({} when none). Damaged
+    newer steps are moved aside with a warning, never deleted or overwritten; if every
+    checkpoint is damaged, that is an error (rerunning then starts from step 0)."""
     step, restored, damage = ckpt.restore_newest(lambda s: ckpt.restore(
         state, s, check_meta=lambda meta: check_resumable(meta, task, ckpt.directory)))
     for d in damage:
@@ -323,12 +352,12 @@ def resume(ckpt: Checkpointer, task: Task, state: TrainState) -> tuple[TrainStat
                 + "; ".join(f"step {d.step}: {d.reason}" for d in damage)
                 + f"); they were moved to {ckpt.directory.parent / QUARANTINE_DIR}. Run again "
                 "to train from step 0")
-        return state, None
-    state, data_state, _ = restored
+        return state, None, {}
+    state, data_state, meta = restored
     task.train_batches.set_state(data_state)
     log.info("resumed from the checkpoint at step %d%s", step, "".join(
         f" (step {d.step} was damaged: {d.reason})" for d in damage))
-    return state, step
+    return state, step, meta
 
 
 def check_resumable(meta: dict, task: Task, where) -> None:
