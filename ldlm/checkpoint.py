@@ -29,6 +29,7 @@ checkpoint saved on one mesh loads onto another.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -219,23 +220,35 @@ class Checkpointer:
                 meta=ocp.args.JsonSave(meta)))
             self._saving = step
 
+    @contextlib.contextmanager
     def _writing(self, step: int | None):
         """Context in which an Orbax write that finds no space becomes DiskFull."""
-        return _NoSpaceToDiskFull(self, step)
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - Orbax wraps ENOSPC in several types
+            if is_no_space(e):
+                raise self.disk_full(step) from None
+            raise
 
     def disk_full(self, step: int | None) -> DiskFull:
-        """The one-line report of a save of `step` that found no space."""
-        complete = sorted((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()),
-                          reverse=True) if self.directory.is_dir() else []
+        """The one-line report of a save that found no space; `step` is the step being
+        saved when the error surfaced, which may be the one after the step that failed."""
+        names = [p.name for p in self.directory.iterdir()] if self.directory.is_dir() else []
+        complete = sorted((int(n) for n in names if n.isdigit()), reverse=True)
+        newest = complete[0] if complete else None
+        # the half-written step: the newest of Orbax's temporary directories past `newest`
+        half = [int(m[1]) for n in names if (m := re.match(r"(\d+)\.orbax-checkpoint-tmp", n))]
+        half = [h for h in half if newest is None or h > newest]
+        step = max(half) if half else step
         free = _human_bytes(shutil.disk_usage(self.directory).free)
-        newest = (f"the newest complete checkpoint, step {complete[0]}, is intact"
-                  if complete else "no complete checkpoint was written yet")
         which = f"the {self.stage} checkpoint of step {step}" if step is not None else \
             f"a {self.stage} checkpoint"
+        kept = (f"the newest complete checkpoint, step {newest}, is intact"
+                if newest is not None else "no complete checkpoint was written yet")
         return DiskFull(f"no space left on the device of {self.directory} ({free} free) "
-                        f"while writing {which}; {newest}. Free some space and run the same "
+                        f"while writing {which}; {kept}. Free some space and run the same "
                         "command again to resume"
-                        + (f" from step {complete[0]}" if complete else ""))
+                        + (f" from step {newest}" if newest is not None else ""))
 
     def _damaged(self, step: int, e: BaseException) -> CheckpointDamaged:
         reason = damage_reason(e)
@@ -380,16 +393,3 @@ class Checkpointer:
             if self._reader is not self._mgr:
                 self._reader.close()
 
-
-class _NoSpaceToDiskFull:
-    def __init__(self, ckpt: Checkpointer, step: int | None):
-        self.ckpt, self.step = ckpt, step
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, e, tb):
-        if e is None or not is_no_space(e):
-            return False
-        failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))  # the step Orbax was writing
-        raise self.ckpt.disk_full(int(failed[1]) if failed else self.step) from None

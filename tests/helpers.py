@@ -1,8 +1,12 @@
 """Helpers shared by test modules."""
 
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 # the fault tests' run of the tiny VAE: 60 steps, a checkpoint and a metrics line every 5
@@ -85,3 +89,47 @@ def continuation_scores(wrote, blocks, pairs):
     other = np.array([max(similarity(ids, j + 1) for j in pairs if j != i)
                       for i, ids in zip(pairs, wrote)])
     return own, other
+
+
+def ldlm_command(*args) -> list[str]:
+    """`python -m ldlm <args>` with this interpreter."""
+    return [sys.executable, "-m", "ldlm", *args]
+
+
+def set_args(sets) -> list[str]:
+    """--set k=v for each override."""
+    return [a for s in sets for a in ("--set", s)]
+
+
+def assert_same_end(resumed, straight, resumed_dir, straight_dir) -> None:
+    """A resumed run ended exactly where the uninterrupted one did: step, parameters,
+    optimizer, EMA weights, and one metrics line per step as if never interrupted."""
+    assert int(resumed.state.step) == int(straight.state.step) == 60
+    assert_trees_close(resumed.state.params, straight.state.params, rtol=0, atol=0)
+    assert_trees_close(resumed.state.opt_state, straight.state.opt_state, rtol=0, atol=0)
+    assert_trees_close(resumed.state.ema, straight.state.ema, rtol=0, atol=0)
+    assert _history(resumed_dir) == _history(straight_dir)
+
+
+def _history(run_dir):
+    from ldlm.logs import read_metrics
+
+    return [(r["step"], r["split"], r["loss"]) for r in read_metrics(run_dir / "vae")]
+
+
+def truncate_arrays(step_dir) -> None:
+    """Damages an Orbax step: every array data file cut to half its length."""
+    for f in (step_dir / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def namespace_prefix() -> list[str]:
+    """A command prefix that runs the command in a mount namespace of its own (as root
+    inside it: it may mount a tmpfs or bind a directory that only it sees), or pytest.skip
+    with the reason."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespace for the test (unshare -rm: "
+                    f"{probe.stderr.strip() or probe.returncode})")
+    return ["unshare", "-rm"]

@@ -39,10 +39,8 @@ from ldlm.mesh import PARAM_RULES, param_rules
 from ldlm.train.preemption import StopSignals
 from ldlm.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
 
-# Fault injection in tests: the process exits right after writing the checkpoint of this
-# step, or kills itself with SIGKILL while that checkpoint is being written, or sends itself
-# SIGTERM while it is being written.
-_DEBUG_EXIT_AFTER_STEP = int(os.environ.get("LDLM_DEBUG_EXIT_AFTER_STEP", "0"))
+# Fault injection in tests: while the checkpoint of this step is being written, the process
+# kills itself with SIGKILL, or sends itself SIGTERM.
 _DEBUG_KILL_IN_SAVE_AT_STEP = int(os.environ.get("LDLM_DEBUG_KILL_IN_SAVE_AT_STEP", "0"))
 _DEBUG_SIGTERM_IN_SAVE_AT_STEP = int(os.environ.get("LDLM_DEBUG_SIGTERM_IN_SAVE_AT_STEP", "0"))
 log = logging.getLogger("ldlm.train")
@@ -302,11 +300,6 @@ def train(cfg: Config, run_dir, task: Task, mesh: Mesh) -> TrainResult:
                         os.kill(os.getpid(), signal.SIGKILL)
                     if step == _DEBUG_SIGTERM_IN_SAVE_AT_STEP:
                         os.kill(os.getpid(), signal.SIGTERM)
-                    if step == _DEBUG_EXIT_AFTER_STEP:  # fault injection for resume tests
-                        ckpt.wait()
-                        log.warning("exiting after the checkpoint at step %d "
-                                    "(LDLM_DEBUG_EXIT_AFTER_STEP)", step)
-                        os._exit(3)
                 if stops.requested(step):
                     stop_at(step, saved=periodic)
                 if tcfg.eval_every and step % tcfg.eval_every == 0 and task.eval_batches:

@@ -29,6 +29,7 @@ import signal
 import threading
 
 import jax
+from jax.experimental import multihost_utils
 
 from ldlm.distributed import all_processes_agree
 
@@ -36,12 +37,10 @@ log = logging.getLogger("ldlm.train")
 
 
 def _jax_preemption_service() -> bool:
-    """Whether JAX's preemption sync point can be used (several processes, service on)."""
-    if jax.process_count() == 1:
-        return False
-    from jax._src import distributed  # the one place JAX keeps its client's state
-
-    return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+    """Whether JAX's preemption sync point is there: several processes joined by
+    `jax.distributed.initialize`, which starts the service unless JAX's config turns it
+    off."""
+    return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
 
 
 class StopSignals:
@@ -81,8 +80,6 @@ class StopSignals:
     def requested(self, step: int) -> bool:
         """True when every process is to stop after `step` (each calls this every step)."""
         if self._jax:
-            from jax.experimental import multihost_utils
-
             if not multihost_utils.reached_preemption_sync_point(step):
                 return False
             self.signum = self.signum or signal.SIGTERM  # the notice came from JAX
