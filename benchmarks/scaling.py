@@ -128,7 +128,8 @@ def main() -> None:
             point["train_wall_s"] = wall
             # a latent system sweeps its kind's temperatures (--temperatures, or an energy
             # head's own)
-            writer = None if system == BASELINE else LatentWriter(run, args)
+            # a system of its own experiment samples with that experiment's eval settings
+            writer = None if system == BASELINE else LatentWriter(run, args, exp is not None)
             sweep = ar_temps if writer is None else list(writer.temperatures)
             todo = [T for T in sweep if T not in {r["temperature"] for r in point["rows"]}]
             if todo:
@@ -224,18 +225,22 @@ def load_scorer(base: pathlib.Path):
 
 class LatentWriter:
     """A latent system's trained pipeline with the sampler settings its kind takes for the
-    long texts (`long_settings`: --sampler/--steps for a diffusion prior, --head-steps for
-    a flow head, the temperatures 1, 1/2, 1/3, ... for an energy head)."""
+    long texts (`long_settings`). The preset's system takes the study's --sampler, --steps
+    and --temperatures; a system of its own experiment (`own_sweep`) takes that
+    experiment's eval settings (the latent_ar energy head: 1 step, its shrink sweep), and
+    --head-steps for a flow head."""
 
-    def __init__(self, run: pathlib.Path, args):
-        from ldlm.config import EvalConfig
+    def __init__(self, run: pathlib.Path, args, own_sweep: bool = False):
+        import dataclasses
+
         from ldlm.inference.generation import LatentDiffusionPipeline
 
         self.pipe = LatentDiffusionPipeline.from_pretrained(run)
-        e = EvalConfig(long_sampler=args.sampler, long_steps=args.steps,
-                       head_long_steps=args.head_steps,
-                       long_temperatures=tuple(float(t) for t in
-                                               args.temperatures.split(",")))
+        e = dataclasses.replace(self.pipe.cfg.eval, head_long_steps=args.head_steps)
+        if not own_sweep:  # the preset's system: the study's sampler, steps and sweep
+            e = dataclasses.replace(e, long_sampler=args.sampler, long_steps=args.steps,
+                                    long_temperatures=tuple(float(t) for t in
+                                                            args.temperatures.split(",")))
         self.sampler, self.steps, self.temperatures = self.pipe.sampler.long_settings(e)
 
     def texts(self, n: int, tokens: int, T: float, prompt=None):
