@@ -126,9 +126,8 @@ def main() -> None:
                          **compute(run, system, cfg.override(sets)), "rows": []}
                 results["points"].append(point)
             point["train_wall_s"] = wall
-            # a latent system sweeps its kind's temperatures (--temperatures, or an energy
-            # head's own)
-            # a system of its own experiment samples with that experiment's eval settings
+            # a latent system sweeps its kind's temperatures: the preset's system the study's
+            # --temperatures, a system of its own experiment that experiment's eval settings
             writer = None if system == BASELINE else LatentWriter(run, args, exp is not None)
             sweep = ar_temps if writer is None else list(writer.temperatures)
             todo = [T for T in sweep if T not in {r["temperature"] for r in point["rows"]}]

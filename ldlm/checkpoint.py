@@ -151,12 +151,12 @@ class _FailedReadNoise(logging.Filter):
         return not ("never retrieved" in text and _from_failed_read(text))
 
 
-def _quiet_failed_read_leftovers() -> None:
-    """After one read of a damaged checkpoint fails, Orbax's other pending reads fail too,
-    while and after the error is handled: their coroutines are collected with their
-    exceptions unretrieved, and TensorStore completes some into Orbax's closed event loop.
-    Python reports each with a traceback (the unraisable hook, asyncio's logger) around the
-    one-line report. Silence exactly those; everything else still reaches the old hook."""
+def _quiet_failed_io_leftovers() -> None:
+    """After one read of a damaged checkpoint fails (or one write finds no space), Orbax's
+    other pending reads (writes) fail too, while and after the error is handled: their
+    coroutines are collected with their exceptions unretrieved, and TensorStore completes
+    some into Orbax's closed event loop. Python reports each with a traceback (the
+    unraisable hook, asyncio's logger) around the one-line report. Silence exactly those; everything else still reaches the old hook."""
     previous = sys.unraisablehook
     if getattr(previous, "_ldlm_quiet", False):
         return
@@ -212,7 +212,7 @@ class Checkpointer:
     def save(self, step: int, state, data_state: dict | None, meta: dict) -> None:
         """Starts writing `step` (Orbax finishes it in the background); DiskFull if this
         save, or the one still running before it, finds no space."""
-        _quiet_failed_read_leftovers()  # and the leftovers of a failed write
+        _quiet_failed_io_leftovers()
         with self._writing(step):
             self._mgr.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
@@ -256,7 +256,7 @@ class Checkpointer:
                                  f"{self.directory} is damaged ({reason})", step, reason)
 
     def _read(self, step: int, read: Callable[[], T]) -> T:
-        _quiet_failed_read_leftovers()  # before: the leftovers race the error's handling
+        _quiet_failed_io_leftovers()  # before: the leftovers race the error's handling
         try:
             return read()
         except (CheckpointMismatch, CheckpointDamaged):
