@@ -156,7 +156,8 @@ def _quiet_failed_io_leftovers() -> None:
     other pending reads (writes) fail too, while and after the error is handled: their
     coroutines are collected with their exceptions unretrieved, and TensorStore completes
     some into Orbax's closed event loop. Python reports each with a traceback (the
-    unraisable hook, asyncio's logger) around the one-line report. Silence exactly those; everything else still reaches the old hook."""
+    unraisable hook, asyncio's logger) around the one-line report. Silence exactly those;
+    everything else still reaches the old hook."""
     previous = sys.unraisablehook
     if getattr(previous, "_ldlm_quiet", False):
         return
