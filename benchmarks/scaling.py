@@ -39,6 +39,7 @@ FLOPs); the ratio's line against FLOPs and where it would reach 1 are fitted as 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -58,15 +59,42 @@ CHUNK_STAGES = (("vae", "vae/eval.json", ("vae_train",)),  # no seam decoder
                 ("dit", "dit/result.json", ("dit_train",)))
 AR_STAGES = (("ar", "ar/result.json", ("ar_train",)),)
 BASELINE = "AR baseline"
-# system -> (experiment, or None for --exp; its run directory's suffix; stages; overrides).
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    """One line of the study: the experiment it trains (None: --exp), its run directory's
+    suffix, its stages and config overrides; `own_sweep`: it samples with its experiment's
+    eval settings (else the study's --sampler, --steps, --temperatures); `shares`: the
+    stages it takes finished from another system's run at the same budget (the same
+    settings, trained once; their FLOPs still count towards this system)."""
+    exp: str | None
+    suffix: str
+    stages: tuple
+    sets: tuple = ()
+    own_sweep: bool = False
+    shares: tuple = ()  # (system, (stage, ...))
+
+
+LAR = "bbc_news_latent_ar"
+CHUNK = ("latent_ar", ("vae", "latents"))  # the 1x table's variants share its autoencoder
 # "ldlm" is the preset's system (block-causal prior); the latent_ar systems train a chunk
-# autoencoder and the latent-autoregressive prior at the same training FLOPs
+# autoencoder and the latent-autoregressive prior at the same training FLOPs; the others
+# are latent_ar's variants (its head, its backbone's input) and the block-causal prior on
+# the chunk autoencoder's latents
 SYSTEMS = {
-    "ldlm": (None, "", LDLM_STAGES, []),
-    "latent_ar": ("bbc_news_latent_ar", "_latent_ar", CHUNK_STAGES, []),
-    "latent_ar flow": ("bbc_news_latent_ar", "_latent_ar_flow", CHUNK_STAGES,
-                       ["dit.head=flow"]),
-    BASELINE: (None, "", AR_STAGES, []),
+    "ldlm": System(None, "", LDLM_STAGES),
+    "latent_ar": System(LAR, "_latent_ar", CHUNK_STAGES, own_sweep=True),
+    "latent_ar flow": System(LAR, "_latent_ar_flow", CHUNK_STAGES, ("dit.head=flow",),
+                             own_sweep=True, shares=CHUNK),
+    "latent_ar latent input": System(LAR, "_latent_ar_latents", CHUNK_STAGES,
+                                     ("dit.backbone_input=latents",), own_sweep=True,
+                                     shares=CHUNK),
+    "block-causal on chunk latents": System(
+        LAR, "_chunk_block_causal", CHUNK_STAGES,
+        ("dit.kind=block_causal", "dit.block_size=1"),
+        shares=CHUNK),
+    BASELINE: System(None, "", AR_STAGES),
 }
 
 
@@ -112,11 +140,21 @@ def main() -> None:
     scorer = None
     for f in sorted(float(b) for b in args.budgets.split(",")):
         for system in systems:
-            exp, suffix, stages, extra = SYSTEMS[system]
-            cfg = load_experiment(exp or args.exp, args.preset, extra)
-            run = pathlib.Path(args.out_dir) / f"f{f:g}{suffix}"
-            sets = extra + budget_sets(cfg, f)
-            wall = train(run, base, stages, sets, args, exp or args.exp)
+            sy = SYSTEMS[system]
+            exp = sy.exp or args.exp
+            cfg = load_experiment(exp, args.preset, list(sy.sets))
+            run = pathlib.Path(args.out_dir) / f"f{f:g}{sy.suffix}"
+            sets = list(sy.sets) + budget_sets(cfg, f)
+            if sy.shares:
+                other, shared = sy.shares
+                # the stages trained once, in the other system's run (trained first)
+                train(pathlib.Path(args.out_dir) / f"f{f:g}{SYSTEMS[other].suffix}", base,
+                      [st for st in SYSTEMS[other].stages if st[0] in shared],
+                      list(SYSTEMS[other].sets) + budget_sets(cfg, f), args,
+                      SYSTEMS[other].exp or args.exp)
+                link_stages(run, pathlib.Path(args.out_dir) /
+                            f"f{f:g}{SYSTEMS[other].suffix}", shared)
+            wall = train(run, base, sy.stages, sets, args, exp)
             if args.train_only:
                 continue
             point = next((pt for pt in results["points"] if pt["system"] == system and
@@ -128,7 +166,7 @@ def main() -> None:
             point["train_wall_s"] = wall
             # a latent system sweeps its kind's temperatures: the preset's system the study's
             # --temperatures, a system of its own experiment that experiment's eval settings
-            writer = None if system == BASELINE else LatentWriter(run, args, exp is not None)
+            writer = None if system == BASELINE else LatentWriter(run, args, sy.own_sweep)
             sweep = ar_temps if writer is None else list(writer.temperatures)
             todo = [T for T in sweep if T not in {r["temperature"] for r in point["rows"]}]
             if todo:
@@ -183,6 +221,14 @@ def train(run: pathlib.Path, base: pathlib.Path, stages, sets, args, exp: str) -
         d = json.loads((run / done).read_text())
         seconds += d.get("train_seconds", d.get("seconds", 0.0))
     return seconds
+
+
+def link_stages(run: pathlib.Path, source: pathlib.Path, stages) -> None:
+    """`run`'s `stages` as links to the finished ones of `source`."""
+    run.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        if not (run / stage).exists():
+            (run / stage).symlink_to((source / stage).resolve())
 
 
 def compute(run: pathlib.Path, system: str, c) -> dict:
