@@ -103,6 +103,22 @@ class VAEConfig:
     # latent coordinates zeroed in training with this probability (the rest rescaled): the
     # decoder learns to read a latent from part of it (CALM: 0.15)
     latent_dropout: float = 0.0
+    # Alignment to a frozen causal LM (ldlm/models/align.py, ldlm/train/teacher.py): each
+    # latent's posterior mean, through a small projector, towards the teacher's hidden states
+    # of the tokens it covers; loss 1 - cosine (minus a margin), weight align_weight (0: off).
+    align_weight: float = 0.0
+    # ar | reference (this run's AR baseline or reference LM), <run dir>:ar or
+    # <run dir>:reference (another run's, same tokenizer), python:<module>:<function> (a
+    # user's own LM: ldlm/train/teacher.py says what the function returns)
+    align_teacher: str = "ar"
+    align_layer: int = 0  # the teacher's states after this block (0: its final, normalised)
+    align_pool: str = "mean"  # a latent's target: mean of its tokens' states, or the last
+    align_margin: float = 0.0  # VA-VAE's margin: cosines above 1 - margin cost nothing
+    align_distance_weight: float = 0.0  # VA-VAE's distance-matrix term (pairwise cosines)
+    # set by `make vae` from the teacher: its width (the projector's output) and its forward
+    # FLOPs per token (counted in the autoencoder's training FLOPs, ldlm/flops.py)
+    align_dim: int = 0
+    align_teacher_flops: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,6 +360,13 @@ class Config:
         if v.width % v.heads or (v.width // v.heads) % 2:
             raise ConfigError(f"vae.width={v.width} must split into vae.heads={v.heads} "
                               "heads of even width (RoPE)")
+        if v.align_weight < 0 or v.align_distance_weight < 0 or v.align_layer < 0:
+            raise ConfigError(f"vae.align_weight={v.align_weight}, vae.align_distance_weight="
+                              f"{v.align_distance_weight} and vae.align_layer={v.align_layer} "
+                              "must be >= 0")
+        if v.align_pool not in ("mean", "last"):
+            raise ConfigError(f"vae.align_pool={v.align_pool!r} is not one of "
+                              "['mean', 'last']")
         t = self.dit
         if t.width % t.heads or (t.width // t.heads) % 2:
             raise ConfigError(f"dit.width={t.width} must split into dit.heads={t.heads} "

@@ -25,9 +25,13 @@ def block_flops(tokens: int, width: int, mlp: int, seq: int) -> float:
 
 def forward_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
     L = cfg.data.block_len
-    if cfg.vae.kind == "chunk" and model in ("vae", "encoder"):
-        return chunk_vae_flops(cfg.vae, L, vocab, B, decoder=model == "vae")
-    if model == "vae":
+    if model == "vae" and cfg.vae.align_dim:  # the frozen teacher and the projector
+        v = cfg.vae
+        projector = B * v.num_latents * 2 * (v.latent_dim * v.width + v.width * v.align_dim)
+        return teacher_flops(cfg, B) + projector + forward_flops("vae_alone", cfg, vocab, B)
+    if cfg.vae.kind == "chunk" and model in ("vae", "vae_alone", "encoder"):
+        return chunk_vae_flops(cfg.vae, L, vocab, B, decoder=model != "encoder")
+    if model in ("vae", "vae_alone"):
         v = cfg.vae
         W, D = v.width, v.latent_dim
         flops = (v.encoder_layers + v.decoder_layers) * block_flops(B * L, W, v.mlp_dim, L)
@@ -65,10 +69,19 @@ def chunk_vae_flops(cfg, block_len: int, vocab: int, B: int, *,
     return flops
 
 
+def teacher_flops(cfg: Config, B: int) -> float:
+    """Forward FLOPs of the frozen teacher an aligning autoencoder reads (B blocks: EOS and
+    the block's tokens); 0 without alignment."""
+    v = cfg.vae
+    return B * (cfg.data.block_len + 1) * v.align_teacher_flops if v.align_dim else 0.0
+
+
 def train_flops(model: str, cfg: Config, vocab: int, B: int) -> float:
-    """Forward and backward (2x), and remat's recomputation."""
+    """Forward and backward (2x), and remat's recomputation; a frozen teacher's forward
+    once (no gradient flows into it)."""
     remat = getattr(cfg, f"{model}_train").remat
-    return forward_flops(model, cfg, vocab, B) * (3 + (1 if remat else 0))
+    frozen = teacher_flops(cfg, B) if model == "vae" else 0.0
+    return (forward_flops(model, cfg, vocab, B) - frozen) * (3 + (1 if remat else 0)) + frozen
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:

@@ -29,14 +29,18 @@ class CausalLM(nnx.Module):
                                              dtype=dtype) for _ in range(cfg.layers)])
         self.norm = layers.RMSNorm(cfg.width, rngs=rngs)
 
-    def hidden(self, tokens_BxT) -> jax.Array:
-        """Final normalised hidden states BxTxW (each sees its prefix only)."""
+    def hidden(self, tokens_BxT, layer: int = 0) -> jax.Array:
+        """Hidden states BxTxW, each position seeing its prefix only: the final normalised
+        ones (layer 0), or the residual stream after block `layer` (1..layers)."""
+        if not 0 <= layer <= len(self.blocks):
+            raise ValueError(f"layer {layer}: this LM has blocks 1..{len(self.blocks)} "
+                             "(0: its final states)")
         B, T = tokens_BxT.shape
         causal_BxTxT = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool))[None], (B, T, T))
         h = self.embed(tokens_BxT)
-        for block in self.blocks:
+        for block in self.blocks[:layer or len(self.blocks)]:
             h = layers.call_block(block, self.remat, h, causal_BxTxT)
-        return self.norm(h)
+        return self.norm(h) if layer == 0 else h
 
     def __call__(self, tokens_BxT) -> jax.Array:
         """Next-token logits BxTxV (float32) for every prefix."""

@@ -27,6 +27,7 @@ from flax import nnx
 
 from ldlm.config import VAEConfig
 from ldlm.models import layers
+from ldlm.models.align import add_align_projector
 
 
 class ChunkVAEModel(nnx.Module):
@@ -61,6 +62,7 @@ class ChunkVAEModel(nnx.Module):
         self.decoder_norm = layers.RMSNorm(W, rngs=rngs)
         self.real_head = layers.dense(W, 1, rngs=rngs, names=("embed", None), use_bias=True,
                                       dtype=dtype)
+        add_align_projector(self, cfg, rngs=rngs)
 
     def _run(self, stack, h):
         for block in stack:

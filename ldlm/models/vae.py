@@ -24,6 +24,7 @@ from flax import nnx
 
 from ldlm.config import Config, VAEConfig
 from ldlm.models import layers
+from ldlm.models.align import add_align_projector
 from ldlm.models.chunk_vae import ChunkVAEModel
 
 
@@ -48,6 +49,7 @@ class TextVAEModel(nnx.Module):
             init=nnx.initializers.zeros_init(), dtype=dtype)
         self.to_logvar.bias[...] = jnp.full((D,), cfg.logvar_init, jnp.float32)
         add_decoder_layers(self, cfg, self.group, rngs=rngs, dtype=dtype)
+        add_align_projector(self, cfg, rngs=rngs)
 
     def encode(self, tokens_BxL) -> tuple[jax.Array, jax.Array]:
         """Posterior mean (RMS-normalised) and log-variance, each BxNxD, float32."""

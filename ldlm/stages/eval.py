@@ -23,7 +23,7 @@ import numpy as np
 
 import pathlib
 
-from ldlm import rundir
+from ldlm import rundir, teacher_spec
 from ldlm.config import Config
 from ldlm.data.tokenizer import EOS_ID, through_eos
 from ldlm.errors import ConfigError
@@ -49,6 +49,11 @@ def run_eval(cfg: Config, run_dir) -> dict:
     primary = _primary(scorers)
     ref = scorers[primary]
     log.info("scorer: %s", ref_name)
+    aligned_to_scorer = _aligned_to_scorer(pipe.vae.cfg.vae, cfg, run_dir, primary)
+    if aligned_to_scorer:
+        log.warning("the latent space was aligned to the scorer (vae.align_teacher=%s): its "
+                    "samples may please the scorer more than they read better; compare "
+                    "BrierLM, which needs no scorer", pipe.vae.cfg.vae.align_teacher)
     n = e.num_samples
 
     train_seqs, train_labels = compare.split_blocks(run_dir, "train")
@@ -103,6 +108,7 @@ def run_eval(cfg: Config, run_dir) -> dict:
     matched = _matched_entropy(cfg, run_dir, pipe, ar, scorers)
     brier_lm = _brier(cfg, run_dir, pipe, ar)
     report = {"reference_lm": ref_name, "scorer": primary, "matched_entropy": matched,
+              "aligned_to_scorer": aligned_to_scorer,
               "brier_lm": brier_lm,
               "ldlm_temperature": e.temperature,
               "num_samples": n, "block_len": L, "device": jax.devices()[0].device_kind,
@@ -142,6 +148,14 @@ def _check_same_tokenizer(ref_run, run_dir) -> None:
     if not theirs.is_file() or mine.read_bytes() != theirs.read_bytes():
         raise ConfigError(f"eval.reference_run={ref_run} was trained on another tokenizer "
                           f"than {run_dir} ({theirs} differs from {mine})")
+
+
+def _aligned_to_scorer(vae_cfg, cfg: Config, run_dir, primary: str) -> bool:
+    """Whether the autoencoder was aligned to the LM that scores this evaluation."""
+    if not vae_cfg.align_weight:
+        return False
+    scorer_run = (cfg.eval.reference_run or run_dir) if primary == "reference" else run_dir
+    return teacher_spec.same_lm(vae_cfg.align_teacher, run_dir, scorer_run, primary)
 
 
 def _primary(scorers: dict) -> str:
