@@ -74,6 +74,9 @@ class System:
     sets: tuple = ()
     own_sweep: bool = False
     shares: tuple = ()  # (system, (stage, ...))
+    # the autoencoder aligns to --base's AR baseline (`vae.align_weight` in `sets`), linked
+    # as the run's `ar`; the baseline's training FLOPs count towards this system
+    teacher: bool = False
 
 
 LAR = "bbc_news_latent_ar"
@@ -95,6 +98,10 @@ SYSTEMS = {
         ("dit.kind=block_causal", "dit.block_size=1"),
         shares=CHUNK),
     BASELINE: System(None, "", AR_STAGES),
+    # the preset's system with its autoencoder aligned to the AR baseline (weight 0: "ldlm")
+    **{f"ldlm aligned {w}": System(None, f"_align{w}", LDLM_STAGES,
+                                   (f"vae.align_weight={w}",), teacher=True)
+       for w in ("0.1", "0.5", "1")},
 }
 
 
@@ -154,6 +161,8 @@ def main() -> None:
                       SYSTEMS[other].exp or args.exp)
                 link_stages(run, pathlib.Path(args.out_dir) /
                             f"f{f:g}{SYSTEMS[other].suffix}", shared)
+            if sy.teacher:
+                link_stages(run, base, ("ar",))
             wall = train(run, base, sy.stages, sets, args, exp)
             if args.train_only:
                 continue
@@ -161,7 +170,8 @@ def main() -> None:
                           pt["budget"] == f), None)
             if point is None:
                 point = {"system": system, "budget": f, "train_wall_s": wall,
-                         **compute(run, system, cfg.override(sets)), "rows": []}
+                         **compute(run, system, cfg.override(sets), sy.teacher),
+                         "rows": []}
                 results["points"].append(point)
             point["train_wall_s"] = wall
             # a latent system sweeps its kind's temperatures: the preset's system the study's
@@ -231,10 +241,12 @@ def link_stages(run: pathlib.Path, source: pathlib.Path, stages) -> None:
             (run / stage).symlink_to((source / stage).resolve())
 
 
-def compute(run: pathlib.Path, system: str, c) -> dict:
-    """Training FLOPs of the system at this budget (config `c`), and epochs over the
-    training blocks."""
+def compute(run: pathlib.Path, system: str, c, teacher: bool = False) -> dict:
+    """Training FLOPs of the system at this budget (config `c`; the autoencoder's as its
+    stage recorded them, with an aligning one's teacher), and epochs over the training
+    blocks; `teacher`: the AR baseline's training FLOPs count too."""
     from ldlm import priors
+    from ldlm.config import Config
     from ldlm.flops import train_flops
 
     meta = json.loads((run / "tokenizer" / "stats.json").read_text())
@@ -243,7 +255,11 @@ def compute(run: pathlib.Path, system: str, c) -> dict:
     B = c.data.batch_size
     parts = {}
     if system != BASELINE:
-        parts["vae"] = train_flops("vae", c, vocab, B) * c.vae_train.steps
+        vae_cfg = Config.from_json_file(run / "vae" / "config.json")  # the teacher's width
+        parts["vae"] = train_flops("vae", vae_cfg, vocab, B) * c.vae_train.steps
+        if teacher:
+            ar_cfg = Config.from_json_file(run / "ar" / "config.json")
+            parts["teacher"] = train_flops("ar", ar_cfg, vocab, B) * ar_cfg.ar_train.steps
         encoded = sum(json.loads((run / "latents" / "meta.json").read_text())["blocks"]
                       .values())
         from ldlm.flops import forward_flops

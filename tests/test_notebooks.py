@@ -19,7 +19,9 @@ def test_notebook_executes_on_a_tiny_run(tiny_dit, name):
     _, run_dir, _ = tiny_dit
     [path] = run_notebooks(run_dir, [name], env={"LDLM_BUDGETS": "1,4",
                                                  "LDLM_SAMPLES_PER_TOPIC": "2",
-                                                 "LDLM_MAX_BLOCKS": "200"})
+                                                 "LDLM_MAX_BLOCKS": "200",
+                                                 # latent_geometry: two spaces side by side
+                                                 "LDLM_COMPARE_RUN": str(run_dir)})
     assert path.stat().st_size > 0
     import nbformat
     nb = nbformat.read(path, as_version=4)
