@@ -70,7 +70,7 @@ def test_targets_pool_the_states_of_each_latents_real_tokens():
     assert real.tolist() == [[True, True], [True, False]]
 
 
-@pytest.mark.parametrize("kind", ["block", "chunk"])
+@pytest.mark.parametrize("kind", ["block", pytest.param("chunk", marks=pytest.mark.slow)])
 def test_a_user_teacher_trains_one_step_and_stays_frozen(tiny_run, tiny_cfg, tmp_path, kind):
     from ldlm.train.vae import train_vae
 
