@@ -358,8 +358,13 @@ def test_the_shrink_temperature_pulls_an_energy_heads_draws_together(tiny_cfg):
     sampler = LatentARSampler(cfg, prior, autoencoder=(vae, stats))
     labels = np.full(4, prior.null_label, np.int32)
 
+    def first(T):
+        return next(sampler.stream(4, SamplingSpec(steps=1, temperature=T), labels))[:, 0]
+
     def spread(T):
-        z = next(sampler.stream(4, SamplingSpec(steps=1, temperature=T), labels))[:, 0]
-        return float(np.std(z, axis=0).mean())
+        return float(np.std(first(T), axis=0).mean())
 
     assert spread(1e-4) < 0.2 * spread(1.0)
+    # T = 1 takes the first of the draws without the others (one head pass): the same latent
+    # as pulling it towards their mean by a factor that is 1 up to rounding
+    np.testing.assert_allclose(first(1.0), first(1.0 + 1e-6), atol=1e-4)

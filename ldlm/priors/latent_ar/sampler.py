@@ -95,9 +95,16 @@ def next_chunk(params, vae_params, stats, cache: KVCache, prev_tokens_BxK, prev_
     k_draw, k_pick = jax.random.split(key)
     if model.cfg.head == "energy":
         if shrink:  # z = mean + T (z - mean) over `samples` draws
-            draws = model.head.sample(c, k_draw, samples)
-            mean = draws.mean(1)
-            z = mean + spec.temperature * (draws[:, 0] - mean)
+            u = model.head.draw_noise(k_draw, c.shape[:-1] + (samples,))
+
+            def pulled(_):
+                draws = model.head(c[:, None], u)
+                mean = draws.mean(1)
+                return mean + spec.temperature * (draws[:, 0] - mean)
+
+            # T = 1 is the first draw alone: one head pass instead of `samples`
+            z = jax.lax.cond(spec.temperature == 1.0,
+                             lambda _: model.head(c[:, None], u[:, :1])[:, 0], pulled, None)
             tokens, real = (x[:, 0] for x in _decode(vae, stats, z[:, None]))
         elif n_pick == 1:
             z = model.head.sample(c, k_draw, 1)[:, 0]
