@@ -114,6 +114,10 @@ class VAEConfig:
     align_layer: int = 0  # the teacher's states after this block (0: its final, normalised)
     align_pool: str = "mean"  # a latent's target: mean of its tokens' states, or the last
     align_margin: float = 0.0  # VA-VAE's margin: cosines above 1 - margin cost nothing
+    # subtract the batch's mean target first: an LM's final states share a large common
+    # direction (the cpu AR baseline's: cosine 0.83 to their mean), which a constant would
+    # match without carrying anything of the text
+    align_center: bool = True
     align_distance_weight: float = 0.0  # VA-VAE's distance-matrix term (pairwise cosines)
     # set by `make vae` from the teacher: its width (the projector's output) and its forward
     # FLOPs per token (counted in the autoencoder's training FLOPs, ldlm/flops.py)

@@ -58,6 +58,22 @@ def test_the_alignment_loss_is_zero_for_exact_targets_and_positive_otherwise():
                                [1.0])
 
 
+def test_centering_removes_the_direction_every_target_shares():
+    rng = np.random.default_rng(1)
+    residual = rng.standard_normal((4, 3, 8)).astype(np.float32)
+    residual -= residual.reshape(-1, 8).mean(0)
+    real = jnp.ones((4, 3), bool)
+    common = 10.0 * rng.standard_normal(8).astype(np.float32)
+    np.testing.assert_allclose(align.centered(jnp.asarray(residual + common), real), residual,
+                               atol=1e-5)
+    # a latent without a target does not move the mean
+    x, without = jnp.asarray(residual + common), real.at[0, 0].set(False)
+    far = align.centered(x.at[0, 0].set(1e6), without)
+    near = align.centered(x.at[0, 0].set(-5.0), without)
+    np.testing.assert_allclose(far[1:], near[1:], atol=1e-4)
+    np.testing.assert_allclose(far[0, 1:], near[0, 1:], atol=1e-4)
+
+
 def test_targets_pool_the_states_of_each_latents_real_tokens():
     h = jnp.arange(2 * 8 * 1, dtype=jnp.float32).reshape(2, 8, 1)  # B=2, L=8, H=1
     mask = jnp.array([[1] * 8, [1] * 5 + [0] * 3], bool)

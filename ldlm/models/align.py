@@ -58,6 +58,14 @@ def latent_targets(hidden_BxLxH, mask_BxL, num_latents: int, pool: str = "mean")
     return target, real_BxN
 
 
+def centered(target_BxNxH, real_BxN):
+    """The targets less their mean over the latents that have one (in the whole batch)."""
+    w = real_BxN.astype(jnp.float32)[..., None]
+    mean_1x1xH = ((target_BxNxH * w).sum((0, 1), keepdims=True) /
+                  jnp.maximum(w.sum((0, 1), keepdims=True), 1.0))
+    return target_BxNxH - mean_1x1xH
+
+
 def cosine(a, b, eps: float = 1e-6):
     """Cosine similarity over the last axis."""
     a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), eps)

@@ -95,6 +95,8 @@ def alignment(model, mean_BxNxD, tokens_BxL, mask_BxL, row_B, counts, cfg: VAECo
                                                                   PAD_ID))
     target, real_BxN = align.latent_targets(states_BxLxH, mask_BxL, cfg.num_latents,
                                             cfg.align_pool)
+    if cfg.align_center:
+        target = align.centered(target, real_BxN & (row_B[:, None] > 0))
     pred = model.align_proj(mean_BxNxD)
     per_B = cfg.align_weight * align.cosine_loss_B(pred, target, real_BxN, cfg.align_margin)
     if cfg.align_distance_weight:
