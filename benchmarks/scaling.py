@@ -575,7 +575,7 @@ def _fits_line(results: dict, k: str, system: str) -> str:
         if "fraction_converging" in m:
             meet += f" ({100 * m['fraction_converging']:.0f}% of draws do)"
     else:
-        meet = "too few points to fit"
+        meet = f"too few points of {system} to fit"
     return f"\nAt H={hs[k]:.2f}: " + "; ".join(parts) + f"; {meet}."
 
 
