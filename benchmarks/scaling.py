@@ -174,6 +174,8 @@ def main() -> None:
                          "rows": []}
                 results["points"].append(point)
             point["train_wall_s"] = wall
+            if system != BASELINE:
+                point["stages"] = stage_metrics(run)
             # a latent system sweeps its kind's temperatures: the preset's system the study's
             # --temperatures, a system of its own experiment that experiment's eval settings
             writer = None if system == BASELINE else LatentWriter(run, args, sy.own_sweep)
@@ -231,6 +233,16 @@ def train(run: pathlib.Path, base: pathlib.Path, stages, sets, args, exp: str) -
         d = json.loads((run / done).read_text())
         seconds += d.get("train_seconds", d.get("seconds", 0.0))
     return seconds
+
+
+def stage_metrics(run: pathlib.Path) -> dict:
+    """What a latent system's stages recorded: the autoencoder's token accuracy on the
+    validation blocks, clean and at latent noise 0.5, and the prior's validation loss."""
+    rec = json.loads((run / "vae" / "eval.json").read_text())["validation"]
+    prior = json.loads((run / "dit" / "result.json").read_text()).get("validation", {})
+    return {"autoencoder_accuracy": rec["0.0"]["token_accuracy"],
+            "autoencoder_accuracy_noise_0.5": rec["0.5"]["token_accuracy"],
+            "prior_validation_loss": prior.get("loss")}
 
 
 def link_stages(run: pathlib.Path, source: pathlib.Path, stages) -> None:
