@@ -17,6 +17,8 @@ SAMPLER ?= dpm++
 SAMPLE_ARGS ?=
 MAX_TOKENS ?= 128
 PROMPT ?= The government has announced plans to
+# pytest workers (pytest-xdist): on 2 cores one compiles XLA programs while the other runs
+TEST_WORKERS ?= 2
 RUN_DIR = runs/$(RUN)
 STAGE_ARGS = --exp $(EXP) --preset $(PRESET) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set $(s))
 
@@ -55,10 +57,10 @@ setup:
 	.venv/bin/pip install -e '.[dev]'
 
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
 test-slow:
-	$(PYTHON) -m pytest -q -m slow
+	$(PYTHON) -m pytest -q -m slow -n $(TEST_WORKERS)
 
 demo: PRESET = cpu
 demo: data tokenizer vae latents decoder dit sample sample-prompt
