@@ -98,6 +98,9 @@ SYSTEMS = {
         ("dit.kind=block_causal", "dit.block_size=1"),
         shares=CHUNK),
     BASELINE: System(None, "", AR_STAGES),
+    # the preset's system trained from another seed (initialisation and noise; the same
+    # batches): how far a point moves with training alone
+    "ldlm seed 1": System(None, "_seed1", LDLM_STAGES, ("seed=1",)),
     # the preset's system with its autoencoder aligned to the AR baseline (weight 0: "ldlm")
     **{f"ldlm aligned {w}": System(None, f"_align{w}", LDLM_STAGES,
                                    (f"vae.align_weight={w}",), teacher=True)
