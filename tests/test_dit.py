@@ -194,7 +194,7 @@ def test_token_scores_are_the_decoders_and_the_token_loss_reaches_the_dit(tiny_d
     assert "token_ce" not in m0  # no decoding in training without the token loss
     assert float(l1) > float(l0) and 0 < float(m1["token_ce"])
     # evaluation reports the estimate's token scores but scores the diffusion loss alone
-    (e0, n0), (e1, n1) = loss(0.0, False), loss(0.5, False)
+    (e0, n0), (e1, _) = loss(0.0, False), loss(0.5, False)
     assert float(e0) == float(e1) and 0 <= float(n0["token_accuracy"]) <= 1
     grad = nnx.jit(lambda m, w: nnx.grad(lambda m: weighted_loss(m, w, True)[0])(m),
                    static_argnums=1)
