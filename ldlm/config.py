@@ -593,7 +593,7 @@ def preset_config(preset: str) -> Config:
                                         eval_batches=2),
             eval=EvalConfig(num_samples=8, samplers=("ddim", "dpm++"), steps=(1, 4),
                             guidance_scales=(0.0, 2.0), guidance_steps=4, long_tokens=64,
-                            long_temperatures=(1.0, 0.7), long_steps=4))
+                            long_temperatures=(1.0, 0.7), long_steps=4, brier_prefixes=32))
     if preset == "cpu":
         return Config(
             preset="cpu",
