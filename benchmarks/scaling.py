@@ -105,6 +105,13 @@ SYSTEMS = {
     **{f"ldlm aligned {w}": System(None, f"_align{w}", LDLM_STAGES,
                                    (f"vae.align_weight={w}",), teacher=True)
        for w in ("0.1", "0.5", "1")},
+    # at weight 1: a latent's target the last of its tokens' states instead of their mean
+    "ldlm aligned 1 last": System(None, "_align1_last", LDLM_STAGES,
+                                  ("vae.align_weight=1", "vae.align_pool=last"), teacher=True),
+    # latent_ar's flow head on a chunk autoencoder aligned at weight 1
+    "latent_ar flow aligned 1": System(LAR, "_latent_ar_flow_align1", CHUNK_STAGES,
+                                       ("dit.head=flow", "vae.align_weight=1"),
+                                       own_sweep=True, teacher=True),
 }
 
 
