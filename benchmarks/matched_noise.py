@@ -1,6 +1,7 @@
 """How far gen-PPL at a matched unigram entropy moves with the sampling seed alone: the error
 bar of one point of `benchmarks/scaling.py` (same texts, temperatures and scorer), for a
-trained run. It does not include the noise of training (another seed of the model).
+trained run. It does not include the noise of training: for that, train the system from
+another seed (`benchmarks/scaling.py --systems "ldlm seed 1"`).
 
     .venv/bin/python benchmarks/matched_noise.py --run runs/bbc_news_cpu --seeds 0,1,2,3
 
