@@ -97,6 +97,8 @@ def write_result(out_dir, seconds: float, name: str = "result.json") -> dict:
 
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "",
              initial: int = 0):
-    """A tqdm bar on process 0, silent elsewhere."""
+    """A tqdm bar on process 0, silent elsewhere (and where TQDM_DISABLE=1: tqdm reads its
+    environment only for arguments not passed)."""
+    silent = {"disable": True} if jax.process_index() != 0 else {}
     return tqdm(iterable, total=total, desc=desc, initial=initial, dynamic_ncols=True,
-                disable=jax.process_index() != 0, leave=True)
+                leave=True, **silent)
