@@ -1,7 +1,8 @@
 """One row per system at one budget of the scaling study (`benchmarks/results/scaling.json`):
 training FLOPs, the autoencoder's token accuracy, the prior's validation loss, gen-PPL at T = 1
-and at a matched unigram entropy, the ratio to the AR baseline's line at the same FLOPs, and
-BrierLM. Reads the results only: `benchmarks/scaling.py` trains and scores.
+and at a matched unigram entropy, the ratio to the AR baseline's line at the same FLOPs (and,
+for a system aligned to a teacher trained for it, at its FLOPs without the teacher's training),
+and BrierLM. Reads the results only: `benchmarks/scaling.py` trains and scores.
 
     .venv/bin/python benchmarks/scaling_table.py --budget 1 \\
         --systems "ldlm,ldlm aligned 0.1,ldlm aligned 0.5,ldlm aligned 1"
@@ -28,6 +29,9 @@ def rows(results: dict, systems: list[str], budget: float, key: str) -> list[dic
         stages, brier = p.get("stages", {}), p.get("brier", {})
         matched = p["matched"][key]
         ar_ppl = 10 ** (ar["a"] + ar["b"] * math.log10(p["flops"]))
+        teacher = p.get("flops_by_stage", {}).get("teacher")
+        ar_ppl_no_teacher = ar_ppl if teacher is None else \
+            10 ** (ar["a"] + ar["b"] * math.log10(p["flops"] - teacher))
         out.append({"system": system, "flops": p["flops"],
                     "ae_clean": stages.get("autoencoder_accuracy"),
                     "ae_noise": stages.get("autoencoder_accuracy_noise_0.5"),
@@ -35,6 +39,8 @@ def rows(results: dict, systems: list[str], budget: float, key: str) -> list[dic
                     "h_t1": t1.get("unigram_entropy"), "ppl_t1": t1.get("gen_ppl_reference"),
                     "ppl_matched": matched, "ar_matched": ar_ppl,
                     "ratio": None if matched is None else matched / ar_ppl,
+                    "teacher_flops": teacher,
+                    "ratio_no_teacher": None if matched is None else matched / ar_ppl_no_teacher,
                     "brier_1": brier.get("brier_1"),
                     "brier_lm": brier.get("brier_lm") if brier.get("prefixes") else None})
     return out
@@ -46,14 +52,18 @@ def markdown(table: list[dict], entropy: float) -> str:
 
     lines = ["| system | training FLOPs | autoencoder accuracy (clean / sigma 0.5) | prior "
              f"validation loss | H at T=1 | gen-PPL at T=1 | gen-PPL at H {entropy:.2f} | "
-             "/ AR at equal FLOPs | Brier-1 | BrierLM |", "|---" * 10 + "|"]
+             "/ AR at equal FLOPs | / AR without the teacher's training | Brier-1 | BrierLM |",
+             "|---" * 11 + "|"]
     for r in table:
         ae = "-" if r["ae_clean"] is None else \
             f"{100 * r['ae_clean']:.2f}% / {100 * r['ae_noise']:.2f}%"
+        flops = f"{r['flops']:.3g}" + (
+            "" if r["teacher_flops"] is None else f" ({r['teacher_flops']:.2g})")
         lines.append(
-            f"| {r['system']} | {r['flops']:.3g} | {ae} | {f(r['prior_loss'], '{:.4f}')} | "
+            f"| {r['system']} | {flops} | {ae} | {f(r['prior_loss'], '{:.4f}')} | "
             f"{f(r['h_t1'], '{:.2f}')} | {f(r['ppl_t1'], '{:,.0f}')} | "
             f"{f(r['ppl_matched'], '{:,.0f}')} | {f(r['ratio'], '{:.1f}')} | "
+            f"{f(r['ratio_no_teacher'], '{:.1f}')} | "
             f"{f(r['brier_1'], '{:.3f}')} | {f(r['brier_lm'], '{:.2f}')} |")
     return "\n".join(lines)
 
