@@ -126,7 +126,8 @@ def matched_ppl(rows: list[dict], entropy: float):
     """gen-PPL at `entropy` along the rows' temperature sweep (None outside it)."""
     from ldlm.eval.sample_metrics import value_at_entropy
 
-    return value_at_entropy([(r["unigram_entropy"], r["gen_ppl"]) for r in rows], entropy)
+    return value_at_entropy([(r["temperature"], r["unigram_entropy"], r["gen_ppl"])
+                             for r in rows], entropy)
 
 
 if __name__ == "__main__":

@@ -444,7 +444,8 @@ def at_ldlm_entropy(results: dict, system: str = "ldlm") -> dict:
             continue
         h, ppl = own["unigram_entropy"], own["gen_ppl_reference"]
         ar_at_h = [(a["flops"], value_at_entropy(
-            [(r["unigram_entropy"], r["gen_ppl_reference"]) for r in a["rows"]], h))
+            [(r["temperature"], r["unigram_entropy"], r["gen_ppl_reference"])
+             for r in a["rows"]], h))
                    for a in ar_points]
         ar_at_h = [(f, v) for f, v in ar_at_h if v]
         line = fit_line(ar_at_h)

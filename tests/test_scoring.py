@@ -46,13 +46,20 @@ def test_longer_sequences_give_every_token_half_a_block_of_context():
 
 
 def test_gen_ppl_is_read_at_matched_entropy_on_hand_made_curves():
-    sweep = [(6.0, 1000.0), (5.0, 100.0), (5.5, 400.0)]  # unsorted, as a sweep comes
+    sweep = [(1.0, 6.0, 1000.0), (0.7, 5.0, 100.0), (0.85, 5.5, 400.0)]  # unsorted
     assert value_at_entropy(sweep, 5.25) == pytest.approx(200.0)  # log-linear: sqrt(100*400)
     assert value_at_entropy(sweep, 5.75) == pytest.approx(math.sqrt(400 * 1000))
     assert value_at_entropy(sweep, 5.5) == pytest.approx(400.0)
     assert value_at_entropy(sweep, 6.5) is None and value_at_entropy(sweep, 4.0) is None
-    assert value_at_entropy([(5.0, 100.0)], 5.0) == pytest.approx(100.0)
+    assert value_at_entropy([(1.0, 5.0, 100.0)], 5.0) == pytest.approx(100.0)
     assert value_at_entropy([], 5.0) is None
+
+
+def test_matched_entropy_pairs_neighbouring_temperatures_where_entropy_turns_back():
+    # entropy falls from T = 1 to 0.3, then rises again: 5.9 lies between T = 0.5 and 0.3,
+    # not between 0.5 and 0.2 (the neighbours in entropy)
+    sweep = [(1.0, 6.8, 3900.0), (0.5, 5.9, 1300.0), (0.3, 5.5, 1600.0), (0.2, 5.7, 3200.0)]
+    assert value_at_entropy(sweep, 5.8) == pytest.approx(1300.0 * (1600.0 / 1300.0) ** 0.25)
 
 
 def test_ar_writer_continues_each_half_block_from_the_half_block_before_it():

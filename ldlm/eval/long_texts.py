@@ -10,7 +10,7 @@ Every text is scored under a causal LM by `ReferenceLM.long_token_nll` (the firs
 one pass, then each next half block given the half block before it), gen-PPL token-weighted
 over all texts (`text_row`). A temperature sweep gives each system a curve of gen-PPL
 against unigram entropy; `matched` reads the curves at common entropies (log-linear
-between the two sweep points around it), since lowering the temperature lowers both and
+between the two neighbouring temperatures around it), since lowering the temperature lowers both and
 gen-PPL alone rewards dull text.
 """
 
@@ -95,7 +95,7 @@ def text_row(texts: Sequence[Sequence[int]], scorers: dict) -> dict:
 def matched(rows: Iterable[dict], entropies: dict[str, float], key: str) -> dict:
     """{name: value of `key` read at the named unigram entropy along the rows' temperature
     sweep, None outside it}."""
-    points = [(r["unigram_entropy"], r[key]) for r in rows]
+    points = [(r["temperature"], r["unigram_entropy"], r[key]) for r in rows]
     return {name: metrics.value_at_entropy(points, h) for name, h in entropies.items()}
 
 

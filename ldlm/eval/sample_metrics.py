@@ -115,15 +115,21 @@ class TopicClassifier:
         return float((self.predict(seqs) == np.asarray(labels)).mean()) if len(seqs) else 0.0
 
 
-def value_at_entropy(points: Iterable[tuple[float, float]], entropy: float) -> float | None:
-    """A gen-PPL curve (unigram entropy, gen-PPL) from a temperature sweep, read at
-    `entropy`: log-linear between the two points around it (after sorting by entropy);
-    None when the sweep does not reach it. This is how systems are compared at matched
-    entropy: a sampler that lowers its temperature lowers both."""
-    pts = sorted((float(h), float(np.log(p))) for h, p in points)
-    for (h0, l0), (h1, l1) in zip(pts, pts[1:]):
-        if h0 <= entropy <= h1 and h1 > h0:
+def value_at_entropy(points: Iterable[tuple[float, float, float]],
+                     entropy: float) -> float | None:
+    """A gen-PPL curve from a temperature sweep, points (temperature, unigram entropy,
+    gen-PPL), read at `entropy`: log-linear between the two neighbouring temperatures whose
+    entropies bracket it, the first such pair from the hottest down; None when the sweep does
+    not reach it. This is how systems are compared at matched entropy: a sampler that lowers
+    its temperature lowers both. Neighbours in temperature, not in entropy: a sampler whose
+    entropy rises again at the coldest temperatures (a flow head's) would otherwise pair
+    points of temperatures far apart."""
+    pts = sorted(((float(t), float(h), float(np.log(p))) for t, h, p in points), reverse=True)
+    for (_, h0, l0), (_, h1, l1) in zip(pts, pts[1:]):
+        if min(h0, h1) <= entropy <= max(h0, h1):
+            if h0 == h1:
+                return float(np.exp(l0))
             return float(np.exp(l0 + (l1 - l0) * (entropy - h0) / (h1 - h0)))
-    if any(h == entropy for h, _ in pts):
-        return float(np.exp(next(l for h, l in pts if h == entropy)))
+    if any(h == entropy for _, h, _ in pts):
+        return float(np.exp(next(l for _, h, l in pts if h == entropy)))
     return None
