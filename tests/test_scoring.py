@@ -100,8 +100,8 @@ def test_text_row_scores_every_token_with_every_scorer():
         nll = sum(float(x.sum()) for x in ref.long_token_nll(texts))
         assert row[f"gen_ppl_{name}"] == pytest.approx(math.exp(nll / 32))
     assert row["gen_ppl_reference"] != row["gen_ppl_ar"] and row["mean_tokens"] == 32 / 3
-    rows = [{"unigram_entropy": 5.0, "gen_ppl": 100.0}, {"unigram_entropy": 6.0,
-                                                         "gen_ppl": 400.0}]
+    rows = [{"temperature": 0.7, "unigram_entropy": 5.0, "gen_ppl": 100.0},
+            {"temperature": 1.0, "unigram_entropy": 6.0, "gen_ppl": 400.0}]
     assert matched(rows, {"low": 5.5, "high": 6.5}, "gen_ppl") == {
         "low": pytest.approx(200.0), "high": None}
     assert ratio(400.0, 100.0) == 4.0 and ratio(None, 100.0) is None
