@@ -124,10 +124,9 @@ def markdown(rows: list[dict], matched: dict, entropies: list[float]) -> str:
 
 def matched_ppl(rows: list[dict], entropy: float):
     """gen-PPL at `entropy` along the rows' temperature sweep (None outside it)."""
-    from ldlm.eval.sample_metrics import value_at_entropy
+    from ldlm.eval import long_texts
 
-    return value_at_entropy([(r["temperature"], r["unigram_entropy"], r["gen_ppl"])
-                             for r in rows], entropy)
+    return long_texts.matched(rows, {"h": entropy}, "gen_ppl")["h"]
 
 
 if __name__ == "__main__":

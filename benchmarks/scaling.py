@@ -433,7 +433,7 @@ def at_ldlm_entropy(results: dict, system: str = "ldlm") -> dict:
     sweep read at that entropy, then the line fitted through them read at those FLOPs), and
     their ratio; then the ratio's line against FLOPs and where it would reach 1. This
     compares at matched entropy even where ldlm's temperature barely moves its entropy."""
-    from ldlm.eval.sample_metrics import value_at_entropy
+    from ldlm.eval import long_texts
 
     ar_points = [p for p in results["points"] if p["system"] == BASELINE]
     rows = []
@@ -443,9 +443,8 @@ def at_ldlm_entropy(results: dict, system: str = "ldlm") -> dict:
         if own is None:
             continue
         h, ppl = own["unigram_entropy"], own["gen_ppl_reference"]
-        ar_at_h = [(a["flops"], value_at_entropy(
-            [(r["temperature"], r["unigram_entropy"], r["gen_ppl_reference"])
-             for r in a["rows"]], h))
+        ar_at_h = [(a["flops"], long_texts.matched(a["rows"], {"h": h},
+                                                   "gen_ppl_reference")["h"])
                    for a in ar_points]
         ar_at_h = [(f, v) for f, v in ar_at_h if v]
         line = fit_line(ar_at_h)

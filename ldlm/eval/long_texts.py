@@ -10,8 +10,8 @@ Every text is scored under a causal LM by `ReferenceLM.long_token_nll` (the firs
 one pass, then each next half block given the half block before it), gen-PPL token-weighted
 over all texts (`text_row`). A temperature sweep gives each system a curve of gen-PPL
 against unigram entropy; `matched` reads the curves at common entropies (log-linear
-between the two neighbouring temperatures around it), since lowering the temperature lowers both and
-gen-PPL alone rewards dull text.
+between the two neighbouring temperatures around it), since lowering the temperature lowers
+both and gen-PPL alone rewards dull text.
 """
 
 from __future__ import annotations
